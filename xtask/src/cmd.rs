@@ -1,0 +1,139 @@
+//! The one place that runs subprocesses. Every failure names the command line and carries its stderr,
+//! so an error from mksquashfs or qemu-img is readable without rerunning anything.
+
+use anyhow::{bail, Context, Result};
+use std::ffi::OsString;
+use std::path::Path;
+
+/// A command line to run, built up like `std::process::Command` but kept printable.
+#[derive(Clone, Debug)]
+pub struct Cmd {
+    program: OsString,
+    args: Vec<OsString>,
+    dir: Option<std::path::PathBuf>,
+    env: Vec<(OsString, OsString)>,
+}
+
+pub fn cmd(program: impl Into<OsString>) -> Cmd {
+    Cmd { program: program.into(), args: Vec::new(), dir: None, env: Vec::new() }
+}
+
+impl Cmd {
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.dir = Some(dir.as_ref().to_path_buf());
+        self
+    }
+
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// The command line as a user would type it, for error messages.
+    pub fn display(&self) -> String {
+        std::iter::once(&self.program)
+            .chain(&self.args)
+            .map(|a| {
+                let s = a.to_string_lossy();
+                if s.is_empty() || s.contains(|c: char| c.is_whitespace() || c == '\'' || c == '"') {
+                    format!("'{}'", s.replace('\'', "'\\''"))
+                } else {
+                    s.into_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    fn expression(&self) -> duct::Expression {
+        let mut e = duct::cmd(&self.program, &self.args);
+        if let Some(dir) = &self.dir {
+            e = e.dir(dir);
+        }
+        for (k, v) in &self.env {
+            e = e.env(k, v);
+        }
+        e
+    }
+
+    /// Runs to completion, capturing stdout and stderr; a non-zero exit is an error holding both.
+    pub fn output(&self) -> Result<Vec<u8>> {
+        let out = self
+            .expression()
+            .stdout_capture()
+            .stderr_capture()
+            .unchecked()
+            .run()
+            .with_context(|| format!("could not start `{}`", self.display()))?;
+        if !out.status.success() {
+            bail!(
+                "`{}` failed ({}):\n{}{}",
+                self.display(),
+                out.status,
+                tail(&String::from_utf8_lossy(&out.stderr), 40),
+                tail(&String::from_utf8_lossy(&out.stdout), 10),
+            );
+        }
+        Ok(out.stdout)
+    }
+
+    /// Like [`Cmd::output`], for commands whose stdout is text.
+    pub fn read(&self) -> Result<String> {
+        let out = self.output()?;
+        String::from_utf8(out).with_context(|| format!("`{}` printed non-UTF-8 output", self.display()))
+    }
+
+    /// Runs to completion, discarding stdout; errors carry stderr.
+    pub fn run(&self) -> Result<()> {
+        self.output().map(drop)
+    }
+
+    /// Runs with stdout and stderr going to ours (for long installs the user should watch).
+    pub fn run_inherit(&self) -> Result<()> {
+        let status = self
+            .expression()
+            .unchecked()
+            .run()
+            .with_context(|| format!("could not start `{}`", self.display()))?
+            .status;
+        if !status.success() {
+            bail!("`{}` failed ({status}); its output is above", self.display());
+        }
+        Ok(())
+    }
+
+    /// Whether the program exists on PATH (or as a path).
+    pub fn exists(program: &str) -> bool {
+        if program.contains('/') {
+            return Path::new(program).exists();
+        }
+        std::env::var_os("PATH")
+            .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+            .unwrap_or(false)
+    }
+}
+
+/// The last `lines` lines of `text`, for error messages that should show the end of a long log.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    let start = all.len().saturating_sub(lines);
+    let mut out = all[start..].join("\n");
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,289 @@
+//! Image specs (`image-spec/*.toml`) and boards (`boards/*.toml`): what to build and what to build it for.
+//! Parsing is strict: an unknown key, a wrong type or a missing field is an error naming the file, the
+//! line and the column, because a typo silently ignored would ship a different image than the one asked for.
+
+use anyhow::{bail, Context, Result};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A target CPU architecture, named as Debian names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Amd64,
+    Arm64,
+}
+
+impl Arch {
+    pub const ALL: [Arch; 2] = [Arch::Amd64, Arch::Arm64];
+
+    pub fn debian(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "amd64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+
+    /// The Rust target triple machined is compiled for.
+    pub fn rust_target(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "x86_64-unknown-linux-gnu",
+            Arch::Arm64 => "aarch64-unknown-linux-gnu",
+        }
+    }
+
+    /// What machined reports as its arch (`std::env::consts::ARCH` on the target).
+    pub fn kernel_name(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "x86_64",
+            Arch::Arm64 => "aarch64",
+        }
+    }
+
+    /// The removable-media boot path firmware looks for on the ESP.
+    pub fn efi_boot_file(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "BOOTX64.EFI",
+            Arch::Arm64 => "BOOTAA64.EFI",
+        }
+    }
+
+    /// systemd-stub's file name inside the systemd-boot-efi package.
+    pub fn efi_stub_file(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "linuxx64.efi.stub",
+            Arch::Arm64 => "linuxaa64.efi.stub",
+        }
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.debian())
+    }
+}
+
+/// `image-spec/<name>.toml`: the image, independent of the board it runs on.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ImageSpec {
+    /// Image name; artifacts are `<name>-<arch>.*`.
+    pub name: String,
+    /// Image version, reported by machined at boot and checked by boot-test.
+    pub version: String,
+    /// Debian suite the packages come from, e.g. "bookworm".
+    pub suite: String,
+    /// Archive components to search, e.g. ["main"].
+    #[serde(default = "default_components")]
+    pub components: Vec<String>,
+    /// Packages installed into the root filesystem, with their Depends/Pre-Depends closure.
+    pub packages: Vec<String>,
+    /// Packages never installed; a dependency that only they satisfy is dropped (they exist to run
+    /// maintainer scripts or give an interactive system, neither of which this image has).
+    #[serde(default)]
+    pub exclude_packages: Vec<String>,
+    /// Directories under `overlays/` copied over the root filesystem, in order.
+    #[serde(default)]
+    pub overlays: Vec<String>,
+    /// Extra kernel command-line arguments, after the board's.
+    #[serde(default)]
+    pub kernel_args: Vec<String>,
+}
+
+fn default_components() -> Vec<String> {
+    vec!["main".to_string()]
+}
+
+/// `boards/<name>.toml`: one target machine.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct BoardFile {
+    pub arch: Arch,
+    /// Whether `--arch <arch>` picks this board; exactly one board per arch says so.
+    #[serde(default)]
+    pub default: bool,
+    /// The Debian kernel package (a metapackage is followed to its linux-image-* package).
+    pub kernel_package: String,
+    /// The serial console device, e.g. "ttyS0".
+    pub console: String,
+    /// Board-specific kernel arguments (before the spec's).
+    #[serde(default)]
+    pub kernel_args: Vec<String>,
+    /// Kernel modules machined loads before mounting the root; their `depends=` closure is added.
+    pub boot_modules: Vec<String>,
+    pub firmware: Firmware,
+    pub qemu: Qemu,
+    pub disk: Disk,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Firmware {
+    /// Debian package that provides the UEFI firmware files.
+    pub package: String,
+    /// Read-only firmware code (pflash unit 0).
+    pub code: PathBuf,
+    /// Variable store template (pflash unit 1, used as a snapshot).
+    pub vars: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Qemu {
+    /// The emulator binary, e.g. "qemu-system-aarch64".
+    pub binary: String,
+    /// Debian package that provides it.
+    pub package: String,
+    pub machine: String,
+    #[serde(default)]
+    pub cpu: Option<String>,
+    pub memory_mib: u32,
+    pub smp: u32,
+    /// How long boot-test waits for the status line before failing.
+    pub boot_timeout_secs: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Disk {
+    /// Size of the whole GPT disk.
+    pub size_mib: u64,
+    /// Output formats besides the raw disk, e.g. ["qcow2"].
+    pub formats: Vec<DiskFormat>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFormat {
+    Raw,
+    Qcow2,
+}
+
+/// A board with the name it was loaded under.
+#[derive(Clone, Debug)]
+pub struct Board {
+    pub name: String,
+    pub path: PathBuf,
+    pub file: BoardFile,
+}
+
+impl Board {
+    pub fn arch(&self) -> Arch {
+        self.file.arch
+    }
+}
+
+/// Reads and strictly parses one TOML file, with errors naming the file, line and column.
+pub fn load_toml<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    toml::from_str(&text).map_err(|e| {
+        let position = e.span().map(|span| {
+            let (line, column) = line_column(&text, span.start);
+            format!(":{line}:{column}")
+        });
+        anyhow::anyhow!("{}{}: {}", path.display(), position.unwrap_or_default(), e.message())
+    })
+}
+
+/// 1-based line and column of a byte offset.
+pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    (line, column)
+}
+
+pub fn load_spec(path: &Path) -> Result<ImageSpec> {
+    let spec: ImageSpec = load_toml(path)?;
+    let bad_name = |s: &str| s.is_empty() || !s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if bad_name(&spec.name) {
+        bail!("{}: field `name`: {:?} must be non-empty ASCII letters, digits, '-', '_' or '.'", path.display(), spec.name);
+    }
+    if bad_name(&spec.version) {
+        bail!("{}: field `version`: {:?} must be non-empty ASCII letters, digits, '-', '_' or '.'", path.display(), spec.version);
+    }
+    if spec.packages.is_empty() {
+        bail!("{}: field `packages`: must name at least one package", path.display());
+    }
+    Ok(spec)
+}
+
+/// Every board in `dir`, sorted by name.
+pub fn load_boards(dir: &Path) -> Result<Vec<Board>> {
+    let mut boards = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list boards in {}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()) == Some("toml") {
+            boards.push(load_board_file(&path)?);
+        }
+    }
+    boards.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(boards)
+}
+
+pub fn load_board_file(path: &Path) -> Result<Board> {
+    let name = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .with_context(|| format!("{}: board file name is not UTF-8", path.display()))?
+        .to_string();
+    Ok(Board { name, path: path.to_path_buf(), file: load_toml(path)? })
+}
+
+/// Picks the board named by `--board` (a name in `boards_dir` or a path to a .toml), else the default
+/// board for `--arch`. With both, they must agree.
+pub fn select_board(boards_dir: &Path, board: Option<&str>, arch: Option<Arch>) -> Result<Board> {
+    let chosen = match board {
+        Some(name) if name.ends_with(".toml") || name.contains('/') => load_board_file(Path::new(name))?,
+        Some(name) => {
+            let path = boards_dir.join(format!("{name}.toml"));
+            if !path.exists() {
+                let known: Vec<String> = load_boards(boards_dir)?.into_iter().map(|b| b.name).collect();
+                bail!("unknown board {name:?}: no {} (known boards: {})", path.display(), known.join(", "));
+            }
+            load_board_file(&path)?
+        }
+        None => {
+            let arch = arch.context("say which target: --arch amd64|arm64 or --board NAME")?;
+            let defaults: Vec<Board> =
+                load_boards(boards_dir)?.into_iter().filter(|b| b.arch() == arch && b.file.default).collect();
+            match defaults.len() {
+                1 => defaults.into_iter().next().expect("one element"),
+                0 => bail!("no board in {} has `arch = \"{arch}\"` and `default = true`", boards_dir.display()),
+                _ => bail!(
+                    "several boards in {} are the default for {arch}: {}",
+                    boards_dir.display(),
+                    defaults.iter().map(|b| b.name.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            }
+        }
+    };
+    if let Some(arch) = arch {
+        if chosen.arch() != arch {
+            bail!("board {} is for {}, not {arch}", chosen.name, chosen.arch());
+        }
+    }
+    Ok(chosen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_column_counts_from_one() {
+        assert_eq!(line_column("ab\ncd", 0), (1, 1));
+        assert_eq!(line_column("ab\ncd", 4), (2, 2));
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.toml");
+        std::fs::write(&path, "name = \"n\"\nversion = \"1\"\nsuite = \"bookworm\"\npackages = [\"a\"]\npakages = 1\n").unwrap();
+        let err = format!("{:#}", load_spec(&path).unwrap_err());
+        assert!(err.contains("x.toml:5:1"), "{err}");
+        assert!(err.contains("pakages"), "{err}");
+    }
+}
