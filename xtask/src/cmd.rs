@@ -137,3 +137,64 @@ pub fn tail(text: &str, lines: usize) -> String {
     }
     out
 }
+
+/// A long-running child (QEMU, a test server) that is always killed and reaped when dropped,
+/// so no error path leaves one running.
+pub struct Running {
+    child: std::process::Child,
+    display: String,
+}
+
+impl Cmd {
+    /// Starts the command with stdout and stderr going to the given files.
+    pub fn spawn(&self, stdout: std::fs::File, stderr: std::fs::File) -> Result<Running> {
+        let mut command = std::process::Command::new(&self.program);
+        command.args(&self.args).stdin(std::process::Stdio::null()).stdout(stdout).stderr(stderr);
+        if let Some(dir) = &self.dir {
+            command.current_dir(dir);
+        }
+        for (k, v) in &self.env {
+            command.env(k, v);
+        }
+        let child = command.spawn().with_context(|| format!("could not start `{}`", self.display()))?;
+        Ok(Running { child, display: self.display() })
+    }
+}
+
+impl Running {
+    /// The exit status if the child has ended.
+    pub fn try_wait(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        self.child.try_wait().with_context(|| format!("waiting for `{}`", self.display))
+    }
+
+    /// Waits up to `limit` for the child to end by itself.
+    pub fn wait_timeout(&mut self, limit: std::time::Duration) -> Result<Option<std::process::ExitStatus>> {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.try_wait()? {
+                return Ok(Some(status));
+            }
+            if start.elapsed() >= limit {
+                return Ok(None);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    pub fn command_line(&self) -> &str {
+        &self.display
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill();
+        }
+    }
+}

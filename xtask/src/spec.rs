@@ -198,10 +198,18 @@ pub fn load_spec(path: &Path) -> Result<ImageSpec> {
     let spec: ImageSpec = load_toml(path)?;
     let bad_name = |s: &str| s.is_empty() || !s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
     if bad_name(&spec.name) {
-        bail!("{}: field `name`: {:?} must be non-empty ASCII letters, digits, '-', '_' or '.'", path.display(), spec.name);
+        bail!(
+            "{}: field `name`: {:?} must be non-empty ASCII letters, digits, '-', '_' or '.'",
+            path.display(),
+            spec.name
+        );
     }
     if bad_name(&spec.version) {
-        bail!("{}: field `version`: {:?} must be non-empty ASCII letters, digits, '-', '_' or '.'", path.display(), spec.version);
+        bail!(
+            "{}: field `version`: {:?} must be non-empty ASCII letters, digits, '-', '_' or '.'",
+            path.display(),
+            spec.version
+        );
     }
     if spec.packages.is_empty() {
         bail!("{}: field `packages`: must name at least one package", path.display());
@@ -281,7 +289,8 @@ mod tests {
     fn unknown_key_names_file_line_and_key() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.toml");
-        std::fs::write(&path, "name = \"n\"\nversion = \"1\"\nsuite = \"bookworm\"\npackages = [\"a\"]\npakages = 1\n").unwrap();
+        std::fs::write(&path, "name = \"n\"\nversion = \"1\"\nsuite = \"bookworm\"\npackages = [\"a\"]\npakages = 1\n")
+            .unwrap();
         let err = format!("{:#}", load_spec(&path).unwrap_err());
         assert!(err.contains("x.toml:5:1"), "{err}");
         assert!(err.contains("pakages"), "{err}");
