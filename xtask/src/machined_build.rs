@@ -1,1 +1,395 @@
-//! (in progress)
+//! Compiles machined (the image's PID 1, `machined/src/main.rs`) for a target architecture.
+//!
+//! rustup here has only the host target and cannot fetch others, so machined is compiled with
+//! Debian's rustc (1.63) and its `libstd-rust-dev[:arm64]`, linked statically by the GNU cross gcc.
+//! That is why machined is std-only and written for rustc 1.63 (see FACTS.md).
+//!
+//! The result is reproducible (the source path is remapped; no debug info; symbols stripped) and
+//! cached under `<cache>/machined/<sha256>`, keyed on everything that decides the output: the rustc
+//! version, the target and flags, the linker's version, the static libc, and every source file.
+
+use crate::cmd::cmd;
+use crate::spec::Arch;
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+/// Debian's rustc: the one toolchain here that has std for both arches.
+const RUSTC: &str = "/usr/bin/rustc";
+
+/// Every Debian package machined's build needs (arm64 packages after `dpkg --add-architecture arm64`).
+pub const PACKAGES: [&str; 7] = [
+    "rustc",
+    "libstd-rust-dev",
+    "libstd-rust-dev:arm64",
+    "gcc",
+    "libc6-dev",
+    "gcc-aarch64-linux-gnu",
+    "libc6-dev-arm64-cross",
+];
+
+/// Bumped when the way the binary is built changes in a way the key would not see.
+const KEY_VERSION: &str = "machined-build/1";
+
+fn linker(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Amd64 => "x86_64-linux-gnu-gcc",
+        Arch::Arm64 => "aarch64-linux-gnu-gcc",
+    }
+}
+
+/// ELF e_machine of the target.
+fn elf_machine(arch: Arch) -> u16 {
+    match arch {
+        Arch::Amd64 => 62,
+        Arch::Arm64 => 183,
+    }
+}
+
+/// The rustc flags that decide the output, without any path (they are part of the cache key).
+fn flags(arch: Arch) -> Vec<String> {
+    [
+        "--edition=2021",
+        "--crate-name=machined",
+        "--crate-type=bin",
+        "-Copt-level=s",
+        // machined's panic hook reports and powers off; unwinding would buy nothing.
+        "-Cpanic=abort",
+        "-Ccodegen-units=1",
+        "-Cdebuginfo=0",
+        "-Cstrip=symbols",
+        "-Ctarget-feature=+crt-static",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([format!("--target={}", arch.rust_target()), format!("-Clinker={}", linker(arch))])
+    .collect()
+}
+
+/// Compiles machined for `arch` (or takes it from the cache) and returns the path of a copy in
+/// `work_dir`: `machined-<arch>`, a static ELF executable for the target.
+pub fn build(arch: Arch, cache_dir: &Path, work_dir: &Path) -> Result<PathBuf> {
+    let crate_dir = crate::paths::repo_root().join("machined");
+    Ok(build_from(&crate_dir, arch, cache_dir, work_dir)?.path)
+}
+
+struct Built {
+    path: PathBuf,
+    cache_hit: bool,
+}
+
+fn build_from(crate_dir: &Path, arch: Arch, cache_dir: &Path, work_dir: &Path) -> Result<Built> {
+    check_toolchain(arch)?;
+    let key = cache_key(crate_dir, arch)?;
+    let entry_dir = cache_dir.join("machined");
+    let entry = entry_dir.join(&key);
+
+    let cached = std::fs::read(&entry).ok().filter(|bytes| check_elf(bytes, arch).is_ok());
+    let cache_hit = cached.is_some();
+    if !cache_hit {
+        std::fs::create_dir_all(&entry_dir).with_context(|| format!("cannot create {}", entry_dir.display()))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".build-")
+            .tempdir_in(&entry_dir)
+            .with_context(|| format!("cannot create a temporary directory in {}", entry_dir.display()))?;
+        let out = tmp.path().join("machined");
+        compile(crate_dir, arch, &out, tmp.path())?;
+        let bytes = std::fs::read(&out).with_context(|| format!("cannot read {}", out.display()))?;
+        check_elf(&bytes, arch)
+            .with_context(|| format!("rustc built a wrong binary for {arch} ({})", out.display()))?;
+        std::fs::rename(&out, &entry)
+            .with_context(|| format!("cannot move {} to {}", out.display(), entry.display()))?;
+    }
+
+    std::fs::create_dir_all(work_dir).with_context(|| format!("cannot create {}", work_dir.display()))?;
+    let path = work_dir.join(format!("machined-{arch}"));
+    let tmp = tempfile::NamedTempFile::new_in(work_dir)
+        .with_context(|| format!("cannot create a temporary file in {}", work_dir.display()))?;
+    std::fs::copy(&entry, tmp.path())
+        .with_context(|| format!("cannot copy {} to {}", entry.display(), tmp.path().display()))?;
+    set_executable(tmp.path())?;
+    tmp.persist(&path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(Built { path, cache_hit })
+}
+
+fn set_executable(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("cannot make {} executable", path.display()))
+}
+
+fn compile(crate_dir: &Path, arch: Arch, out: &Path, scratch: &Path) -> Result<()> {
+    // Panic locations then read /machined/src/…, whichever checkout built the binary.
+    let mut remap = OsString::from("--remap-path-prefix=");
+    remap.push(crate_dir.as_os_str());
+    remap.push("=/machined");
+    cmd(RUSTC)
+        .args(flags(arch))
+        .arg(remap)
+        .arg("-o")
+        .arg(out)
+        .arg(crate_dir.join("src/main.rs"))
+        .dir(scratch)
+        .run()
+        .with_context(|| format!("cannot compile machined for {arch}"))
+}
+
+fn missing(arch: Arch, what: String) -> anyhow::Error {
+    anyhow::anyhow!(
+        "cannot compile machined for {arch}: {what}. machined is built with Debian's rustc and cross tools; \
+         install them with `apt-get install {}` (after `dpkg --add-architecture arm64` and `apt-get update`), \
+         or run `cargo xtask host-tools`",
+        PACKAGES.join(" ")
+    )
+}
+
+/// Checks that Debian's rustc, the target's std, the linker and the static libc are installed.
+fn check_toolchain(arch: Arch) -> Result<()> {
+    if !Path::new(RUSTC).is_file() {
+        return Err(missing(arch, format!("{RUSTC} is missing (package rustc)")));
+    }
+    let std_package = match arch {
+        Arch::Amd64 => "libstd-rust-dev",
+        Arch::Arm64 => "libstd-rust-dev:arm64",
+    };
+    let libdir = cmd(RUSTC).args(["--print", "target-libdir", "--target", arch.rust_target()]).read()?;
+    let libdir = PathBuf::from(libdir.trim());
+    let has_std = std::fs::read_dir(&libdir)
+        .map(|entries| {
+            entries.filter_map(|e| e.ok()).any(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.starts_with("libstd-") && name.ends_with(".rlib")
+            })
+        })
+        .unwrap_or(false);
+    if !has_std {
+        return Err(missing(
+            arch,
+            format!("no Rust std for {} in {} (package {std_package})", arch.rust_target(), libdir.display()),
+        ));
+    }
+    let (gcc_package, libc_package) = match arch {
+        Arch::Amd64 => ("gcc", "libc6-dev"),
+        Arch::Arm64 => ("gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross"),
+    };
+    let linker = linker(arch);
+    if !crate::cmd::Cmd::exists(linker) {
+        return Err(missing(arch, format!("the linker {linker} is not on PATH (package {gcc_package})")));
+    }
+    if static_libc(arch).is_err() {
+        return Err(missing(arch, format!("{linker} finds no static libc.a (package {libc_package})")));
+    }
+    Ok(())
+}
+
+/// The libc.a the linker would use for a static link.
+fn static_libc(arch: Arch) -> Result<PathBuf> {
+    let out = cmd(linker(arch)).arg("-print-file-name=libc.a").read()?;
+    let path = PathBuf::from(out.trim());
+    // gcc prints the bare name back when it finds nothing.
+    if !path.is_absolute() || !path.is_file() {
+        bail!("{} -print-file-name=libc.a found nothing", linker(arch));
+    }
+    Ok(path)
+}
+
+/// Hex sha256 over everything that decides the binary. Paths of the checkout do not enter it.
+fn cache_key(crate_dir: &Path, arch: Arch) -> Result<String> {
+    let mut h = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    field(KEY_VERSION.as_bytes());
+    field(cmd(RUSTC).arg("-vV").read()?.as_bytes());
+    field(arch.rust_target().as_bytes());
+    for flag in flags(arch) {
+        field(flag.as_bytes());
+    }
+    field(cmd(linker(arch)).arg("--version").read()?.as_bytes());
+    let libc = static_libc(arch)?;
+    let libc_bytes = std::fs::read(&libc).with_context(|| format!("cannot read {}", libc.display()))?;
+    field(&Sha256::digest(&libc_bytes));
+    for (rel, contents) in sources(crate_dir)? {
+        field(rel.as_bytes());
+        field(&contents);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+/// Every file under `<crate>/src` (paths relative to the crate, sorted) with its contents.
+fn sources(crate_dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    let src = crate_dir.join("src");
+    let mut files = Vec::new();
+    for entry in walkdir::WalkDir::new(&src).sort_by_file_name() {
+        let entry = entry.with_context(|| format!("cannot list {}", src.display()))?;
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let rel = entry.path().strip_prefix(crate_dir).expect("walkdir stays under its root");
+        let rel = rel.to_str().with_context(|| format!("{} is not a UTF-8 path", entry.path().display()))?.to_string();
+        let contents =
+            std::fs::read(entry.path()).with_context(|| format!("cannot read {}", entry.path().display()))?;
+        files.push((rel, contents));
+    }
+    if files.is_empty() {
+        bail!("no machined sources in {}", src.display());
+    }
+    Ok(files)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+const PT_DYNAMIC: u32 = 2;
+const PT_INTERP: u32 = 3;
+const DT_NEEDED: u64 = 1;
+
+/// Checks `bytes` is a 64-bit little-endian ELF executable for `arch` that needs no dynamic loader:
+/// no PT_INTERP and no DT_NEEDED (static-pie keeps a PT_DYNAMIC for self-relocation, nothing more).
+fn check_elf(bytes: &[u8], arch: Arch) -> Result<()> {
+    let u16_at = |o: usize| bytes.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |o: usize| bytes.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
+    let u64_at = |o: usize| bytes.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+    if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" {
+        bail!("not an ELF file");
+    }
+    if bytes[4] != 2 || bytes[5] != 1 {
+        bail!("not a 64-bit little-endian ELF file (class {}, data {})", bytes[4], bytes[5]);
+    }
+    let e_type = u16_at(16).unwrap_or(0);
+    if e_type != 2 && e_type != 3 {
+        bail!("ELF type {e_type} is not an executable");
+    }
+    let machine = u16_at(18).unwrap_or(0);
+    if machine != elf_machine(arch) {
+        bail!("ELF machine is {machine}, but {arch} needs {}", elf_machine(arch));
+    }
+    let phoff = u64_at(32).unwrap_or(0) as usize;
+    let phentsize = u16_at(54).unwrap_or(0) as usize;
+    let phnum = u16_at(56).unwrap_or(0) as usize;
+    if phnum == 0 || phentsize < 56 {
+        bail!("ELF file has no usable program headers");
+    }
+    for i in 0..phnum {
+        let ph = phoff + i * phentsize;
+        let p_type = u32_at(ph).context("program header past the end of the file")?;
+        if p_type == PT_INTERP {
+            bail!("ELF file asks for a program interpreter (dynamically linked), machined must be static");
+        }
+        if p_type == PT_DYNAMIC {
+            let offset = u64_at(ph + 8).context("truncated program header")? as usize;
+            let size = u64_at(ph + 32).context("truncated program header")? as usize;
+            for d in (offset..offset.saturating_add(size)).step_by(16) {
+                match u64_at(d) {
+                    Some(0) | None => break,
+                    Some(DT_NEEDED) => bail!("ELF file needs shared libraries (DT_NEEDED), machined must be static"),
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn program_header_types(bytes: &[u8]) -> Vec<u32> {
+        let phoff = u64::from_le_bytes(bytes[32..40].try_into().unwrap()) as usize;
+        let phentsize = u16::from_le_bytes([bytes[54], bytes[55]]) as usize;
+        let phnum = u16::from_le_bytes([bytes[56], bytes[57]]) as usize;
+        (0..phnum)
+            .map(|i| {
+                let o = phoff + i * phentsize;
+                u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn builds_static_binaries_for_both_arches_and_caches_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cache, work) = (dir.path().join("cache"), dir.path().join("work"));
+        let crate_dir = crate::paths::repo_root().join("machined");
+        for arch in Arch::ALL {
+            let built = build_from(&crate_dir, arch, &cache, &work).unwrap();
+            assert!(!built.cache_hit);
+            assert_eq!(built.path, work.join(format!("machined-{arch}")));
+            let bytes = std::fs::read(&built.path).unwrap();
+            assert_eq!(u16::from_le_bytes([bytes[18], bytes[19]]), elf_machine(arch), "{arch}");
+            let types = program_header_types(&bytes);
+            assert!(!types.is_empty());
+            assert!(!types.contains(&PT_INTERP), "{arch}: has PT_INTERP");
+            check_elf(&bytes, arch).unwrap();
+            let other = if arch == Arch::Amd64 { Arch::Arm64 } else { Arch::Amd64 };
+            assert!(check_elf(&bytes, other).is_err());
+
+            let again = build_from(&crate_dir, arch, &cache, &work).unwrap();
+            assert!(again.cache_hit, "{arch}: warm build recompiled");
+            assert_eq!(std::fs::read(&again.path).unwrap(), bytes);
+        }
+        let entries: Vec<_> =
+            std::fs::read_dir(cache.join("machined")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(entries.len(), 2, "one cache entry per arch, no leftovers: {entries:?}");
+    }
+
+    #[test]
+    fn output_is_identical_from_another_checkout() {
+        let dir = tempfile::tempdir().unwrap();
+        let original = crate::paths::repo_root().join("machined");
+        let copy = dir.path().join("a/much/longer/path/to/another/clone/machined");
+        for rel in sources(&original).unwrap().into_iter().map(|(rel, _)| rel) {
+            std::fs::create_dir_all(copy.join(&rel).parent().unwrap()).unwrap();
+            std::fs::copy(original.join(&rel), copy.join(&rel)).unwrap();
+        }
+        for arch in Arch::ALL {
+            assert_eq!(
+                cache_key(&original, arch).unwrap(),
+                cache_key(&copy, arch).unwrap(),
+                "{arch}: key depends on the path"
+            );
+            let a = build_from(&original, arch, &dir.path().join("cache-a"), &dir.path().join("work-a")).unwrap();
+            let b = build_from(&copy, arch, &dir.path().join("cache-b"), &dir.path().join("work-b")).unwrap();
+            assert!(!a.cache_hit && !b.cache_hit);
+            assert!(std::fs::read(&a.path).unwrap() == std::fs::read(&b.path).unwrap(), "{arch}: binaries differ");
+        }
+    }
+
+    #[test]
+    fn cache_key_follows_the_sources() {
+        let dir = tempfile::tempdir().unwrap();
+        let crate_dir = dir.path().join("machined");
+        std::fs::create_dir_all(crate_dir.join("src")).unwrap();
+        std::fs::write(crate_dir.join("src/main.rs"), "fn main() {}\n").unwrap();
+        let one = cache_key(&crate_dir, Arch::Amd64).unwrap();
+        assert_ne!(one, cache_key(&crate_dir, Arch::Arm64).unwrap());
+        std::fs::write(crate_dir.join("src/extra.rs"), "").unwrap();
+        let two = cache_key(&crate_dir, Arch::Amd64).unwrap();
+        assert_ne!(one, two);
+        std::fs::write(crate_dir.join("src/main.rs"), "fn main() { }\n").unwrap();
+        assert_ne!(two, cache_key(&crate_dir, Arch::Amd64).unwrap());
+    }
+
+    #[test]
+    fn rejects_dynamic_and_foreign_files() {
+        let sh = std::fs::read("/bin/sh").unwrap();
+        let err = check_elf(&sh, Arch::Amd64).unwrap_err().to_string();
+        assert!(err.contains("interpreter"), "{err}");
+        assert!(check_elf(b"#!/bin/sh\n", Arch::Amd64).unwrap_err().to_string().contains("not an ELF"));
+        assert!(check_elf(&sh[..40], Arch::Amd64).is_err());
+    }
+
+    #[test]
+    fn missing_tools_name_the_packages() {
+        let msg = missing(Arch::Arm64, "x".into()).to_string();
+        for package in
+            ["rustc", "libstd-rust-dev", "libstd-rust-dev:arm64", "gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross"]
+        {
+            assert!(msg.contains(package), "{msg}");
+        }
+    }
+}
