@@ -1,1 +1,352 @@
-//! (in progress)
+//! Unpacking .deb payloads in Rust: no dpkg, no maintainer scripts. A .deb is an ar archive whose
+//! `data.tar.*` member holds the files; we write them under a staging root, refusing anything that
+//! could land outside it. Ownership and times are not kept here: the squashfs and cpio writers force
+//! root:root and SOURCE_DATE_EPOCH.
+
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{BufReader, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
+
+/// Top-level directories Debian merged into /usr: bookworm packages still ship `bin/…`, `lib/…`, and
+/// we install them under `usr/` with compatibility symlinks, as a merged-/usr system does.
+pub const MERGED_USR_DIRS: [&str; 6] = ["bin", "sbin", "lib", "lib32", "lib64", "libx32"];
+
+/// Which package installed each path (relative to the root), for error messages and policy checks.
+pub type Provenance = BTreeMap<PathBuf, String>;
+
+/// Reads the member of an ar archive whose name starts with `prefix`, returning its name and bytes.
+pub fn ar_member(deb: &Path, prefix: &str) -> Result<(String, Vec<u8>)> {
+    let mut file = BufReader::new(File::open(deb).with_context(|| format!("opening {}", deb.display()))?);
+    let mut magic = [0u8; 8];
+    file.read_exact(&mut magic).with_context(|| format!("{}: too short for an ar archive", deb.display()))?;
+    if &magic != b"!<arch>\n" {
+        bail!("{}: not a .deb (no ar magic)", deb.display());
+    }
+    loop {
+        let mut header = [0u8; 60];
+        match file.read_exact(&mut header) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                bail!("{}: no member named {prefix}*", deb.display())
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading {}", deb.display())),
+        }
+        let name = String::from_utf8_lossy(&header[0..16]).trim_end().trim_end_matches('/').to_string();
+        let size: u64 = String::from_utf8_lossy(&header[48..58])
+            .trim()
+            .parse()
+            .with_context(|| format!("{}: bad size in ar header of member {name:?}", deb.display()))?;
+        if name.starts_with(prefix) {
+            let mut data = Vec::with_capacity(size as usize);
+            file.by_ref().take(size).read_to_end(&mut data)?;
+            if data.len() as u64 != size {
+                bail!("{}: member {name} is truncated", deb.display());
+            }
+            return Ok((name, data));
+        }
+        // Members are padded to an even size.
+        std::io::copy(&mut file.by_ref().take(size + size % 2), &mut std::io::sink())?;
+    }
+}
+
+/// A decompressing reader for a tar member, by its file name.
+fn decompress<'a>(name: &str, data: &'a [u8]) -> Result<Box<dyn Read + 'a>> {
+    Ok(match name.rsplit('.').next() {
+        Some("xz") => Box::new(liblzma::read::XzDecoder::new(data)),
+        Some("zst") => Box::new(zstd::stream::read::Decoder::new(data)?),
+        Some("gz") => Box::new(flate2::read::GzDecoder::new(data)),
+        Some("tar") => Box::new(data),
+        _ => bail!("unsupported compression for {name}"),
+    })
+}
+
+/// The control file's fields (Package, Version, …) of a .deb.
+pub fn control_fields(deb: &Path) -> Result<BTreeMap<String, String>> {
+    let (name, data) = ar_member(deb, "control.tar")?;
+    let mut archive = tar::Archive::new(decompress(&name, &data)?);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        if entry.path()?.file_name().and_then(|n| n.to_str()) == Some("control") {
+            let mut text = String::new();
+            entry.read_to_string(&mut text)?;
+            let mut fields = BTreeMap::new();
+            let mut last = None;
+            for line in text.lines() {
+                if line.starts_with(' ') || line.starts_with('\t') {
+                    if let Some(key) = &last {
+                        let v: &mut String = fields.get_mut(key).expect("key inserted before");
+                        v.push('\n');
+                        v.push_str(line.trim());
+                    }
+                } else if let Some((k, v)) = line.split_once(':') {
+                    fields.insert(k.trim().to_string(), v.trim().to_string());
+                    last = Some(k.trim().to_string());
+                }
+            }
+            return Ok(fields);
+        }
+    }
+    bail!("{}: control.tar has no control file", deb.display())
+}
+
+/// Normalises a tar path to a relative path inside the root, or says why it is refused.
+/// Merged-/usr directories are redirected under usr/.
+pub fn normalise(raw: &Path) -> std::result::Result<PathBuf, String> {
+    let mut parts: Vec<&str> = Vec::new();
+    for component in raw.components() {
+        match component {
+            Component::CurDir => {}
+            Component::Normal(part) => parts.push(part.to_str().ok_or("path is not UTF-8")?),
+            Component::RootDir | Component::Prefix(_) => return Err("absolute path".into()),
+            Component::ParentDir => return Err("path contains `..`".into()),
+        }
+    }
+    if let Some(first) = parts.first() {
+        if MERGED_USR_DIRS.contains(first) {
+            parts.insert(0, "usr");
+        }
+    }
+    Ok(parts.iter().collect())
+}
+
+/// Whether a symlink at `link` (relative to the root) pointing at `target` stays inside the root.
+/// Absolute targets are resolved against the image's own root at run time, so they cannot escape;
+/// relative ones must not climb above it.
+pub fn symlink_stays_inside(link: &Path, target: &Path) -> bool {
+    if target.is_absolute() {
+        return true;
+    }
+    lexical_depth_ok(link.parent().unwrap_or(Path::new("")), target)
+}
+
+fn lexical_depth_ok(base: &Path, target: &Path) -> bool {
+    let mut depth: i64 = base.components().filter(|c| matches!(c, Component::Normal(_))).count() as i64;
+    for c in target.components() {
+        match c {
+            Component::ParentDir => depth -= 1,
+            Component::Normal(_) => depth += 1,
+            Component::RootDir => depth = 0,
+            _ => {}
+        }
+        if depth < 0 {
+            return false;
+        }
+    }
+    true
+}
+
+/// Makes sure every directory from `root` down to `rel`'s parent is a real directory (never a
+/// symlink, which could redirect a write to the host), creating missing ones.
+pub fn ensure_parents(root: &Path, rel: &Path) -> Result<()> {
+    let mut here = root.to_path_buf();
+    if let Some(parent) = rel.parent() {
+        for part in parent.components() {
+            here.push(part);
+            match fs::symlink_metadata(&here) {
+                Ok(meta) if meta.is_dir() => {}
+                Ok(_) => bail!("{} is not a directory", here.display()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    fs::create_dir(&here).with_context(|| format!("creating {}", here.display()))?;
+                    fs::set_permissions(&here, fs::Permissions::from_mode(0o755))?;
+                }
+                Err(e) => return Err(e).with_context(|| format!("inspecting {}", here.display())),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks that no directory on the way from `root` to `rel` is a symlink (without creating any).
+fn check_real_dirs(root: &Path, rel: &Path) -> Result<()> {
+    let mut here = root.to_path_buf();
+    for part in rel.parent().unwrap_or(Path::new("")).components() {
+        here.push(part);
+        let meta = fs::symlink_metadata(&here).with_context(|| format!("inspecting {}", here.display()))?;
+        if !meta.is_dir() {
+            bail!("{} is not a directory", here.display());
+        }
+    }
+    Ok(())
+}
+
+/// Removes whatever is at `path` (not following symlinks), so a later package can replace it.
+fn remove_existing(path: &Path) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => fs::remove_file(path).with_context(|| format!("replacing {}", path.display())),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Creates the merged-/usr compatibility symlinks (bin → usr/bin, …) in a fresh root.
+pub fn make_merged_usr(root: &Path, arch: crate::spec::Arch) -> Result<()> {
+    for dir in ["bin", "sbin", "lib"] {
+        fs::create_dir_all(root.join("usr").join(dir))?;
+        std::os::unix::fs::symlink(format!("usr/{dir}"), root.join(dir))
+            .with_context(|| format!("creating /{dir} symlink in {}", root.display()))?;
+    }
+    if arch == crate::spec::Arch::Amd64 {
+        fs::create_dir_all(root.join("usr/lib64"))?;
+        std::os::unix::fs::symlink("usr/lib64", root.join("lib64"))?;
+    }
+    Ok(())
+}
+
+/// Unpacks `deb`'s files under `root`, recording which package wrote each path in `provenance`.
+/// Refuses (naming `package`) absolute or `..` paths, links escaping the root, and special files.
+pub fn unpack(deb: &Path, package: &str, root: &Path, provenance: &mut Provenance) -> Result<()> {
+    let (member, data) = ar_member(deb, "data.tar").with_context(|| format!("package {package}"))?;
+    let mut archive = tar::Archive::new(decompress(&member, &data)?);
+    for entry in archive.entries().with_context(|| format!("package {package}: reading {member}"))? {
+        let mut entry = entry.with_context(|| format!("package {package}: reading {member}"))?;
+        let raw = entry.path()?.into_owned();
+        let rel = normalise(&raw)
+            .map_err(|why| anyhow::anyhow!("package {package}: refusing entry {}: {why}", raw.display()))?;
+        if rel.as_os_str().is_empty() {
+            continue;
+        }
+        let dest = root.join(&rel);
+        ensure_parents(root, &rel).with_context(|| format!("package {package}: entry {}", raw.display()))?;
+        let mode = entry.header().mode()? & 0o7777;
+        let kind = entry.header().entry_type();
+        match kind {
+            tar::EntryType::Directory => {
+                match fs::symlink_metadata(&dest) {
+                    Ok(meta) if meta.is_dir() => {}
+                    Ok(_) => bail!("package {package}: directory {} collides with a file", rel.display()),
+                    Err(_) => fs::create_dir(&dest).with_context(|| format!("creating {}", dest.display()))?,
+                }
+                fs::set_permissions(&dest, fs::Permissions::from_mode(mode))?;
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                remove_existing(&dest)?;
+                let mut out = File::create(&dest).with_context(|| format!("creating {}", dest.display()))?;
+                std::io::copy(&mut entry, &mut out)
+                    .with_context(|| format!("package {package}: writing {}", rel.display()))?;
+                fs::set_permissions(&dest, fs::Permissions::from_mode(mode))?;
+                provenance.insert(rel, package.to_string());
+            }
+            tar::EntryType::Symlink => {
+                let target = entry.link_name()?.context("symlink without target")?.into_owned();
+                if !symlink_stays_inside(&rel, &target) {
+                    bail!(
+                        "package {package}: refusing symlink {} -> {}: it escapes the root",
+                        rel.display(),
+                        target.display()
+                    );
+                }
+                remove_existing(&dest)?;
+                std::os::unix::fs::symlink(&target, &dest).with_context(|| format!("creating {}", dest.display()))?;
+                provenance.insert(rel, package.to_string());
+            }
+            tar::EntryType::Link => {
+                let raw_target = entry.link_name()?.context("hard link without target")?.into_owned();
+                let target = normalise(&raw_target).map_err(|why| {
+                    anyhow::anyhow!("package {package}: refusing hard link {} -> {}: {why}", raw.display(), raw_target.display())
+                })?;
+                check_real_dirs(root, &target).with_context(|| format!("package {package}: hard link {}", rel.display()))?;
+                remove_existing(&dest)?;
+                fs::hard_link(root.join(&target), &dest).with_context(|| {
+                    format!("package {package}: hard link {} -> {}", rel.display(), target.display())
+                })?;
+                provenance.insert(rel, package.to_string());
+            }
+            other => bail!(
+                "package {package}: refusing {} ({other:?}): device nodes, fifos and sockets have no place in the image",
+                rel.display()
+            ),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalise_redirects_merged_usr_and_refuses_escapes() {
+        assert_eq!(normalise(Path::new("./bin/true")).unwrap(), PathBuf::from("usr/bin/true"));
+        assert_eq!(normalise(Path::new("./etc/x")).unwrap(), PathBuf::from("etc/x"));
+        assert!(normalise(Path::new("/etc/x")).is_err());
+        assert!(normalise(Path::new("./usr/../../x")).is_err());
+    }
+
+    #[test]
+    fn symlinks_may_not_climb_out() {
+        assert!(symlink_stays_inside(Path::new("usr/bin/x"), Path::new("../lib/y")));
+        assert!(symlink_stays_inside(Path::new("usr/bin/x"), Path::new("/etc/passwd")));
+        assert!(!symlink_stays_inside(Path::new("usr/bin/x"), Path::new("../../../etc/passwd")));
+        assert!(!symlink_stays_inside(Path::new("x"), Path::new("../y")));
+    }
+
+    fn deb_with(entries: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        entries(&mut builder);
+        let data = builder.into_inner().unwrap();
+        let mut deb = b"!<arch>\n".to_vec();
+        for (name, body) in [("debian-binary", &b"2.0\n"[..]), ("data.tar", &data[..])] {
+            deb.extend(format!("{:<16}{:<12}{:<6}{:<6}{:<8}{:<10}`\n", name, 0, 0, 0, 100644, body.len()).as_bytes());
+            deb.extend(body);
+            if body.len() % 2 == 1 {
+                deb.push(b'\n');
+            }
+        }
+        deb
+    }
+
+    fn unpack_bytes(deb: Vec<u8>) -> Result<tempfile::TempDir> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.deb");
+        fs::write(&path, deb).unwrap();
+        let root = dir.path().join("root");
+        fs::create_dir(&root).unwrap();
+        unpack(&path, "evil", &root, &mut Provenance::new())?;
+        Ok(dir)
+    }
+
+    #[test]
+    fn escaping_symlink_is_refused_with_the_package_name() {
+        let deb = deb_with(|b| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_size(0);
+            h.set_mode(0o777);
+            b.append_link(&mut h, "./etc/shadow-link", "../../../../etc/shadow").unwrap();
+        });
+        let err = format!("{:#}", unpack_bytes(deb).unwrap_err());
+        assert!(err.contains("package evil") && err.contains("escapes the root"), "{err}");
+    }
+
+    #[test]
+    fn write_through_a_symlinked_directory_is_refused() {
+        let deb = deb_with(|b| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_size(0);
+            h.set_mode(0o777);
+            b.append_link(&mut h, "./etc/dir", "/tmp").unwrap();
+            let mut h = tar::Header::new_gnu();
+            h.set_size(1);
+            h.set_mode(0o644);
+            b.append_data(&mut h, "./etc/dir/file", &b"x"[..]).unwrap();
+        });
+        let err = format!("{:#}", unpack_bytes(deb).unwrap_err());
+        assert!(err.contains("package evil") && err.contains("not a directory"), "{err}");
+    }
+
+    #[test]
+    fn files_land_under_merged_usr() {
+        let deb = deb_with(|b| {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(2);
+            h.set_mode(0o755);
+            b.append_data(&mut h, "./bin/tool", &b"hi"[..]).unwrap();
+        });
+        let dir = unpack_bytes(deb).unwrap();
+        assert_eq!(fs::read(dir.path().join("root/usr/bin/tool")).unwrap(), b"hi");
+    }
+}

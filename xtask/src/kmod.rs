@@ -1,1 +1,131 @@
-//! (in progress)
+//! Kernel modules needed to boot. Debian's kernel debs ship no modules.dep (depmod runs in postinst,
+//! which we never run), so dependencies are read from each .ko's `.modinfo` section (`depends=`).
+
+use anyhow::{bail, Context, Result};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// The kernel's modules directory inside an unpacked kernel package: `<root>/usr/lib/modules/<release>`.
+pub struct ModuleTree {
+    pub release: String,
+    pub dir: PathBuf,
+    /// Module name (with '_' for '-') → path relative to `dir`.
+    by_name: BTreeMap<String, PathBuf>,
+    /// Names built into the kernel image (modules.builtin), which need no loading.
+    builtin: BTreeSet<String>,
+}
+
+fn module_name(file: &Path) -> Option<String> {
+    let name = file.file_name()?.to_str()?;
+    Some(name.strip_suffix(".ko")?.replace('-', "_"))
+}
+
+impl ModuleTree {
+    /// Finds the single kernel release under `root/usr/lib/modules`.
+    pub fn open(root: &Path) -> Result<ModuleTree> {
+        let base = root.join("usr/lib/modules");
+        let releases: Vec<PathBuf> = std::fs::read_dir(&base)
+            .with_context(|| format!("the kernel package has no {}", base.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_dir())
+            .collect();
+        let [dir] = releases.as_slice() else {
+            bail!("expected one kernel release in {}, found {}", base.display(), releases.len());
+        };
+        let release = dir.file_name().and_then(|n| n.to_str()).context("kernel release is not UTF-8")?.to_string();
+        let mut by_name = BTreeMap::new();
+        for entry in walkdir::WalkDir::new(dir).sort_by_file_name() {
+            let entry = entry?;
+            if let Some(name) = module_name(entry.path()) {
+                by_name.insert(name, entry.path().strip_prefix(dir)?.to_path_buf());
+            }
+        }
+        let builtin = std::fs::read_to_string(dir.join("modules.builtin"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| module_name(Path::new(l)))
+            .collect();
+        Ok(ModuleTree { release, dir: dir.clone(), by_name, builtin })
+    }
+
+    /// The modules to load for `wanted`, dependencies first, as paths relative to the release dir.
+    /// Built-in modules are skipped; an unknown one is an error naming `source` (the board file).
+    pub fn load_order(&self, wanted: &[String], source: &Path) -> Result<Vec<(String, PathBuf)>> {
+        let mut order = Vec::new();
+        let mut seen = BTreeSet::new();
+        for name in wanted {
+            let name = name.replace('-', "_");
+            if !self.by_name.contains_key(&name) && !self.builtin.contains(&name) {
+                bail!("{}: field `boot-modules`: kernel {} has no module {name:?}", source.display(), self.release);
+            }
+            self.visit(&name, &mut seen, &mut order, &mut Vec::new())?;
+        }
+        Ok(order)
+    }
+
+    fn visit(
+        &self,
+        name: &str,
+        seen: &mut BTreeSet<String>,
+        order: &mut Vec<(String, PathBuf)>,
+        stack: &mut Vec<String>,
+    ) -> Result<()> {
+        if seen.contains(name) || self.builtin.contains(name) {
+            return Ok(());
+        }
+        if stack.iter().any(|s| s == name) {
+            bail!("module dependency cycle: {} -> {name}", stack.join(" -> "));
+        }
+        let rel = self.by_name.get(name).with_context(|| {
+            format!("module {} depends on {name:?}, which kernel {} lacks", stack.join(" -> "), self.release)
+        })?;
+        stack.push(name.to_string());
+        for dep in depends(&self.dir.join(rel))? {
+            self.visit(&dep, seen, order, stack)?;
+        }
+        stack.pop();
+        seen.insert(name.to_string());
+        order.push((name.to_string(), rel.clone()));
+        Ok(())
+    }
+}
+
+/// The `depends=` list of a .ko file, read from its ELF `.modinfo` section.
+pub fn depends(ko: &Path) -> Result<Vec<String>> {
+    let data = std::fs::read(ko).with_context(|| format!("reading {}", ko.display()))?;
+    let modinfo = elf_section(&data, ".modinfo").with_context(|| format!("{}: reading .modinfo", ko.display()))?;
+    Ok(modinfo
+        .split(|&b| b == 0)
+        .filter_map(|field| std::str::from_utf8(field).ok()?.strip_prefix("depends="))
+        .flat_map(|list| list.split(',').filter(|d| !d.is_empty()).map(|d| d.replace('-', "_")))
+        .collect())
+}
+
+/// The bytes of a named section of a little-endian ELF64 file.
+fn elf_section<'a>(data: &'a [u8], wanted: &str) -> Result<&'a [u8]> {
+    let u16_at =
+        |o: usize| -> Result<u16> { Ok(u16::from_le_bytes(data.get(o..o + 2).context("truncated ELF")?.try_into()?)) };
+    let u32_at =
+        |o: usize| -> Result<u32> { Ok(u32::from_le_bytes(data.get(o..o + 4).context("truncated ELF")?.try_into()?)) };
+    let u64_at =
+        |o: usize| -> Result<u64> { Ok(u64::from_le_bytes(data.get(o..o + 8).context("truncated ELF")?.try_into()?)) };
+    if data.get(0..6) != Some(&[0x7f, b'E', b'L', b'F', 2, 1][..]) {
+        bail!("not a little-endian ELF64 file");
+    }
+    let shoff = u64_at(0x28)? as usize;
+    let shentsize = u16_at(0x3a)? as usize;
+    let shnum = u16_at(0x3c)? as usize;
+    let shstrndx = u16_at(0x3e)? as usize;
+    let header = |i: usize| shoff + i * shentsize;
+    let strtab_off = u64_at(header(shstrndx) + 0x18)? as usize;
+    for i in 0..shnum {
+        let name_off = strtab_off + u32_at(header(i))? as usize;
+        let name_end = data[name_off..].iter().position(|&b| b == 0).context("unterminated section name")?;
+        if &data[name_off..name_off + name_end] == wanted.as_bytes() {
+            let off = u64_at(header(i) + 0x18)? as usize;
+            let size = u64_at(header(i) + 0x20)? as usize;
+            return data.get(off..off + size).context("section outside the file");
+        }
+    }
+    bail!("no {wanted} section")
+}

@@ -1,1 +1,186 @@
-//! (in progress)
+//! Starting a board's QEMU under UEFI firmware, talking QMP to it, and deciding TCG versus KVM.
+//! Used by boot-test and by bench (which boots a trivial initramfs for the floor).
+
+use crate::cmd::{cmd, Cmd, Running};
+use crate::spec::{Arch, Board};
+use anyhow::{bail, Context, Result};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Accelerator choice from the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Accel {
+    /// KVM when a probe proves it works for this board, else TCG.
+    Auto,
+    Tcg,
+    Kvm,
+}
+
+/// One QEMU machine to start.
+pub struct Machine<'a> {
+    pub board: &'a Board,
+    /// The boot disk (raw or qcow2), opened as a snapshot so the artifact is never modified.
+    pub disk: &'a Path,
+    /// Serial console capture.
+    pub serial_log: PathBuf,
+    /// QMP control socket.
+    pub qmp_socket: PathBuf,
+    pub accel: &'static str,
+}
+
+fn disk_format(disk: &Path) -> &'static str {
+    if disk.extension().and_then(|e| e.to_str()) == Some("qcow2") {
+        "qcow2"
+    } else {
+        "raw"
+    }
+}
+
+impl Machine<'_> {
+    pub fn command(&self) -> Cmd {
+        let b = &self.board.file;
+        let mut c = cmd(&b.qemu.binary).arg("-machine").arg(format!("{},accel={}", b.qemu.machine, self.accel)).args([
+            "-m",
+            &b.qemu.memory_mib.to_string(),
+            "-smp",
+            &b.qemu.smp.to_string(),
+        ]);
+        if let Some(cpu) = &b.qemu.cpu {
+            c = c.args(["-cpu", cpu]);
+        }
+        c.args(["-nodefaults", "-display", "none", "-no-reboot", "-no-user-config"])
+            .arg("-serial")
+            .arg(format!("file:{}", self.serial_log.display()))
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", self.qmp_socket.display()))
+            .arg("-drive")
+            .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", b.firmware.code.display()))
+            .arg("-drive")
+            .arg(format!("if=pflash,format=raw,unit=1,snapshot=on,file={}", b.firmware.vars.display()))
+            .arg("-drive")
+            .arg(format!("if=none,id=boot,format={},snapshot=on,file={}", disk_format(self.disk), self.disk.display()))
+            .args(["-device", "virtio-blk-pci,drive=boot,bootindex=0"])
+    }
+
+    /// Starts QEMU; its own stderr goes to `<serial_log>.qemu-stderr`.
+    pub fn start(&self) -> Result<(Running, PathBuf)> {
+        for stale in [&self.serial_log, &self.qmp_socket] {
+            let _ = std::fs::remove_file(stale);
+        }
+        std::fs::File::create(&self.serial_log).with_context(|| format!("creating {}", self.serial_log.display()))?;
+        let stderr_path = self.serial_log.with_extension("qemu-stderr");
+        let stderr = std::fs::File::create(&stderr_path)?;
+        let stdout = stderr.try_clone()?;
+        Ok((self.command().spawn(stdout, stderr)?, stderr_path))
+    }
+}
+
+/// Picks the accelerator. KVM must prove itself: on this machine kind /dev/kvm exists but OVMF dies
+/// with "KVM internal error" (FACTS.md), so its mere presence decides nothing.
+pub fn choose_accel(board: &Board, wanted: Accel) -> Result<&'static str> {
+    let host_matches = board.arch() == Arch::Amd64 && std::env::consts::ARCH == "x86_64"
+        || board.arch() == Arch::Arm64 && std::env::consts::ARCH == "aarch64";
+    match wanted {
+        Accel::Tcg => Ok("tcg"),
+        Accel::Kvm if !host_matches => {
+            bail!("KVM cannot run {} guests on this {} host", board.arch(), std::env::consts::ARCH)
+        }
+        Accel::Kvm => Ok("kvm"),
+        Accel::Auto if !host_matches || !Path::new("/dev/kvm").exists() => Ok("tcg"),
+        Accel::Auto => Ok(if kvm_probe(board)? { "kvm" } else { "tcg" }),
+    }
+}
+
+/// Boots the board's firmware alone under KVM for up to 10 s: KVM works if the firmware reaches its
+/// boot manager (it prints "BdsDxe" on the serial line) and QEMU reports no KVM error.
+fn kvm_probe(board: &Board) -> Result<bool> {
+    let scratch = tempfile::tempdir().context("creating a directory for the KVM probe")?;
+    let serial = scratch.path().join("serial.log");
+    let output_path = scratch.path().join("qemu.log");
+    let output = std::fs::File::create(&output_path)?;
+    let b = &board.file;
+    let mut probe = cmd(&b.qemu.binary)
+        .arg("-machine")
+        .arg(format!("{},accel=kvm", b.qemu.machine))
+        .args(["-m", "256", "-nodefaults", "-display", "none", "-no-reboot"])
+        .arg("-serial")
+        .arg(format!("file:{}", serial.display()))
+        .arg("-drive")
+        .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", b.firmware.code.display()))
+        .arg("-drive")
+        .arg(format!("if=pflash,format=raw,unit=1,snapshot=on,file={}", b.firmware.vars.display()))
+        .spawn(output.try_clone()?, output)?;
+    let start = Instant::now();
+    let works = loop {
+        let qemu_output = std::fs::read_to_string(&output_path).unwrap_or_default();
+        if qemu_output.contains("KVM internal error")
+            || qemu_output.contains("Could not access KVM")
+            || probe.try_wait()?.is_some()
+        {
+            break false;
+        }
+        if std::fs::read_to_string(&serial).unwrap_or_default().contains("BdsDxe") {
+            break true;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    probe.kill();
+    Ok(works)
+}
+
+/// A QMP connection (line-delimited JSON over a unix socket).
+pub struct Qmp {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Qmp {
+    /// Connects (waiting up to `limit` for QEMU to create the socket) and negotiates capabilities.
+    pub fn connect(socket: &Path, limit: Duration) -> Result<Qmp> {
+        let start = Instant::now();
+        let stream = loop {
+            match UnixStream::connect(socket) {
+                Ok(s) => break s,
+                Err(e) if start.elapsed() > limit => {
+                    return Err(e).with_context(|| format!("connecting to QMP socket {}", socket.display()))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut qmp = Qmp { reader: BufReader::new(stream.try_clone()?), writer: stream };
+        let greeting = qmp.read_message()?;
+        if greeting.get("QMP").is_none() {
+            bail!("unexpected QMP greeting: {greeting}");
+        }
+        qmp.execute("qmp_capabilities")?;
+        Ok(qmp)
+    }
+
+    fn read_message(&mut self) -> Result<serde_json::Value> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line).context("reading from QMP")? == 0 {
+            bail!("QMP connection closed");
+        }
+        serde_json::from_str(&line).with_context(|| format!("QMP sent invalid JSON: {line}"))
+    }
+
+    /// Runs a command and returns its `return` value, skipping asynchronous events.
+    pub fn execute(&mut self, command: &str) -> Result<serde_json::Value> {
+        writeln!(self.writer, "{}", serde_json::json!({ "execute": command })).context("writing to QMP")?;
+        loop {
+            let message = self.read_message()?;
+            if let Some(value) = message.get("return") {
+                return Ok(value.clone());
+            }
+            if let Some(error) = message.get("error") {
+                bail!("QMP {command} failed: {error}");
+            }
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! Both arches build, pass independent checks of every format, and boot under UEFI in QEMU; bad inputs
+//! fail with clear errors and leave out/ untouched.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+
+fn check_disk_formats(dir: &Path, base: &str, arch: &str) {
+    let raw = dir.join(format!("{base}.raw"));
+    let sgdisk = std::process::Command::new("sgdisk").arg("-v").arg(&raw).output().unwrap();
+    let report = String::from_utf8_lossy(&sgdisk.stdout);
+    assert!(sgdisk.status.success() && report.contains("No problems found"), "sgdisk -v {}:\n{report}", raw.display());
+
+    // The ESP is partition 1; copy it out for fsck.vfat, which wants a whole filesystem.
+    let info = std::process::Command::new("sgdisk").args(["-i", "1"]).arg(&raw).output().unwrap();
+    let info = String::from_utf8_lossy(&info.stdout).into_owned();
+    let sector = |key: &str| -> u64 {
+        let line = info.lines().find(|l| l.starts_with(key)).unwrap_or_else(|| panic!("no {key} in\n{info}"));
+        line.split_whitespace().nth(2).unwrap().parse().unwrap()
+    };
+    let (first, last) = (sector("First sector:"), sector("Last sector:"));
+    assert!(info.contains("C12A7328-F81F-11D2-BA4B-00A0C93EC93B"), "partition 1 is not an ESP:\n{info}");
+    let bytes = std::fs::read(&raw).unwrap();
+    let esp = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(esp.path(), &bytes[(first * 512) as usize..((last + 1) * 512) as usize]).unwrap();
+    let fsck = std::process::Command::new("fsck.vfat").arg("-n").arg(esp.path()).output().unwrap();
+    assert!(fsck.status.success(), "fsck.vfat -n failed:\n{}", String::from_utf8_lossy(&fsck.stdout));
+    let boot_file = if arch == "amd64" { "BOOTX64.EFI" } else { "BOOTAA64.EFI" };
+    let copied = tempfile::NamedTempFile::new().unwrap();
+    let mcopy = std::process::Command::new("mcopy")
+        .args(["-n", "-i"])
+        .arg(esp.path())
+        .arg(format!("::/EFI/BOOT/{boot_file}"))
+        .arg(copied.path())
+        .output()
+        .unwrap();
+    assert!(mcopy.status.success(), "mcopy: {}", String::from_utf8_lossy(&mcopy.stderr));
+    assert_eq!(std::fs::read(copied.path()).unwrap(), std::fs::read(dir.join(format!("{base}.efi"))).unwrap());
+
+    let qcow2 = dir.join(format!("{base}.qcow2"));
+    let check = std::process::Command::new("qemu-img").arg("check").arg(&qcow2).output().unwrap();
+    assert!(check.status.success(), "qemu-img check: {}", String::from_utf8_lossy(&check.stdout));
+
+    let objdump = if arch == "amd64" { "x86_64-linux-gnu-objdump" } else { "aarch64-linux-gnu-objdump" };
+    let sections = std::process::Command::new(objdump).arg("-h").arg(dir.join(format!("{base}.efi"))).output().unwrap();
+    let sections = String::from_utf8_lossy(&sections.stdout);
+    for name in [".osrel", ".cmdline", ".uname", ".initrd", ".linux"] {
+        assert!(sections.contains(name), "UKI lacks {name}:\n{sections}");
+    }
+
+    let listing = std::process::Command::new("cpio")
+        .args(["-it", "--quiet", "-F"])
+        .arg(dir.join(format!("{base}.initramfs")))
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    for path in ["init", "rootfs.sqsh", "etc/machined/modules"] {
+        assert!(listing.lines().any(|l| l == path), "initramfs lacks {path}:\n{listing}");
+    }
+    let unsquash = std::process::Command::new("unsquashfs")
+        .args(["-l", "-n"])
+        .arg(dir.join(format!("{base}.rootfs.sqsh")))
+        .output()
+        .unwrap();
+    let unsquash = String::from_utf8_lossy(&unsquash.stdout);
+    assert!(unsquash.contains("squashfs-root/usr/lib/os-release"), "root squashfs lacks os-release");
+}
+
+fn build_check_and_boot(arch: &str) {
+    host_tools();
+    let _heavy = heavy();
+    let out = tempfile::tempdir().unwrap();
+    let stdout = succeeds(xtask().args(["--json", "--out-dir"]).arg(out.path()).args(["build-image", "--arch", arch]));
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let board = format!("qemu-{arch}");
+    let dir = out.path().join(&board);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest, report["manifest"]);
+    assert_eq!(manifest["arch"], arch);
+    for artifact in manifest["artifacts"].as_array().unwrap() {
+        let path = dir.join(artifact["file"].as_str().unwrap());
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), artifact["size"].as_u64().unwrap(), "{}", path.display());
+    }
+    assert!(!std::fs::read_dir(&dir).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with(".staging")));
+    check_disk_formats(&dir, &format!("node-{arch}"), arch);
+
+    let stdout = succeeds(xtask().args(["--json", "--out-dir"]).arg(out.path()).args(["boot-test", "--arch", arch]));
+    let boot: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(boot["status"]["arch"], arch);
+    assert_eq!(boot["status"]["root_fstype"], "squashfs");
+    assert_eq!(boot["status"]["root_read_only"], true);
+    assert_eq!(boot["status"]["version"], manifest["version"]);
+    assert!(boot["ready_secs"].as_f64().unwrap() > 0.0);
+    let log = std::fs::read_to_string(dir.join("boot.log")).unwrap();
+    assert!(log.contains("MACHINED-STATUS") && log.contains("MACHINED-SHUTDOWN"), "boot.log:\n{log}");
+
+    // Nothing changed: nothing is downloaded, and the outputs are the same bytes.
+    let stdout = succeeds(xtask().args(["--json", "--out-dir"]).arg(out.path()).args(["build-image", "--arch", arch]));
+    let again: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(again["downloaded"], 0, "second build downloaded packages");
+    assert_eq!(again["manifest"], manifest, "second build differs");
+}
+
+#[test]
+fn arm64_builds_and_boots() {
+    build_check_and_boot("arm64");
+}
+
+#[test]
+fn amd64_builds_and_boots() {
+    build_check_and_boot("amd64");
+}
+
+/// Runs build-image with a spec whose text is `spec`, expecting failure; returns stderr and checks
+/// out/ was not touched.
+fn build_with_spec_fails(spec: &str) -> String {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec_path = spec_copy(tmp.path());
+    std::fs::write(&spec_path, spec).unwrap();
+    let out = tmp.path().join("out");
+    let stderr = fails(xtask().arg("--spec").arg(&spec_path).arg("--out-dir").arg(&out).args([
+        "build-image",
+        "--arch",
+        "arm64",
+    ]));
+    assert!(!out.exists(), "a failed build created {}", out.display());
+    assert!(stderr.contains("node.toml"), "error does not name the spec file:\n{stderr}");
+    stderr
+}
+
+fn good_spec() -> String {
+    std::fs::read_to_string(repo_root().join("image-spec/node.toml")).unwrap()
+}
+
+#[test]
+fn unknown_key_in_spec_is_named_with_its_line() {
+    let spec = format!("{}\npakages = [\"x\"]\n", good_spec());
+    let line = spec.lines().count();
+    let stderr = build_with_spec_fails(&spec);
+    assert!(stderr.contains(&format!("node.toml:{line}:1")) && stderr.contains("pakages"), "{stderr}");
+}
+
+#[test]
+fn wrong_type_in_spec_is_named() {
+    let spec = good_spec().replace("version = \"", "version = 12 #\"");
+    let stderr = build_with_spec_fails(&spec);
+    assert!(stderr.contains("node.toml:2:") && stderr.contains("invalid type"), "{stderr}");
+}
+
+#[test]
+fn missing_field_in_spec_is_named() {
+    let spec: String = good_spec().lines().filter(|l| !l.starts_with("suite")).map(|l| format!("{l}\n")).collect();
+    let stderr = build_with_spec_fails(&spec);
+    assert!(stderr.contains("missing field `suite`"), "{stderr}");
+}
+
+#[test]
+fn unknown_package_makes_the_lock_stale() {
+    let spec = good_spec().replace("packages = [", "packages = [\"no-such-package-xyz\", ");
+    let stderr = build_with_spec_fails(&spec);
+    assert!(stderr.contains("no-such-package-xyz") && stderr.contains("cargo xtask lock"), "{stderr}");
+}
+
+#[test]
+fn unknown_board_is_refused_listing_the_known_ones() {
+    let out = tempfile::tempdir().unwrap();
+    let stderr = fails(xtask().arg("--out-dir").arg(out.path()).args(["build-image", "--board", "no-such-board"]));
+    assert!(stderr.contains("no-such-board") && stderr.contains("qemu-arm64"), "{stderr}");
+    assert!(snapshot(out.path()).len() == 1, "out dir was touched");
+}
+
+#[test]
+fn bad_board_file_names_file_line_and_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(repo_root().join("boards/qemu-arm64.toml")).unwrap();
+    let text = text.replace("smp = 2", "smp = \"two\"");
+    let line = text.lines().position(|l| l.contains("smp =")).unwrap() + 1;
+    let board = tmp.path().join("broken.toml");
+    std::fs::write(&board, text).unwrap();
+    let out = tmp.path().join("out");
+    let stderr = fails(xtask().arg("--out-dir").arg(&out).args(["build-image", "--board"]).arg(&board));
+    assert!(stderr.contains(&format!("broken.toml:{line}:")) && stderr.contains("invalid type"), "{stderr}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn unreachable_mirror_with_a_cold_cache_fails_clearly_and_leaves_out_untouched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("keep.txt"), "previous output").unwrap();
+    let before = snapshot(&out);
+    let stderr =
+        fails(xtask().arg("--out-dir").arg(&out).arg("--cache-dir").arg(tmp.path().join("empty-cache")).args([
+            "--mirror",
+            "http://127.0.0.1:9/debian",
+            "build-image",
+            "--arch",
+            "amd64",
+        ]));
+    assert!(stderr.contains("127.0.0.1:9"), "{stderr}");
+    assert_eq!(before, snapshot(&out), "out/ changed");
+}

@@ -1,0 +1,88 @@
+//! Shared helpers for the integration tests: run the real CLI, install host tools once, snapshot
+//! directories to prove a failing command left them untouched.
+
+#![allow(dead_code)]
+
+use assert_cmd::Command;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, Once};
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// Installs every host tool the suite uses (the test command must work on a fresh machine).
+pub fn host_tools() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_xtask")).arg("host-tools").output().unwrap();
+        assert!(out.status.success(), "host-tools failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    });
+}
+
+/// QEMU boots and full builds run one at a time: two TCG guests on two cores would just time out.
+pub fn heavy() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+pub fn xtask() -> Command {
+    let mut cmd = Command::cargo_bin("xtask").unwrap();
+    cmd.env_remove("XTASK_OUT_DIR").env_remove("XTASK_SPEC").env_remove("XTASK_DEBIAN_MIRROR");
+    cmd
+}
+
+pub struct Outcome {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn run(cmd: &mut Command) -> Outcome {
+    let out = cmd.output().unwrap();
+    let o = Outcome {
+        success: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert!(!o.stderr.contains("panicked"), "the command panicked:\n{}", o.stderr);
+    o
+}
+
+/// Runs a command that must fail, and returns its stderr.
+pub fn fails(cmd: &mut Command) -> String {
+    let o = run(cmd);
+    assert!(!o.success, "expected failure, but it succeeded.\nstdout:\n{}\nstderr:\n{}", o.stdout, o.stderr);
+    o.stderr
+}
+
+/// Runs a command that must succeed, and returns its stdout.
+pub fn succeeds(cmd: &mut Command) -> String {
+    let o = run(cmd);
+    assert!(o.success, "command failed.\nstdout:\n{}\nstderr:\n{}", o.stdout, o.stderr);
+    o.stdout
+}
+
+/// Every path under `dir` with its size and modification time, to compare before and after.
+pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u64, std::time::SystemTime)> {
+    let mut map = BTreeMap::new();
+    if dir.exists() {
+        for entry in walkdir::WalkDir::new(dir) {
+            let entry = entry.unwrap();
+            let meta = entry.metadata().unwrap();
+            map.insert(entry.path().to_path_buf(), (meta.len(), meta.modified().unwrap()));
+        }
+    }
+    map
+}
+
+/// A scratch copy of image-spec/ (spec + lock) that a test may edit.
+pub fn spec_copy(dir: &Path) -> PathBuf {
+    let spec_dir = dir.join("image-spec");
+    std::fs::create_dir_all(&spec_dir).unwrap();
+    for name in ["node.toml", "node.lock"] {
+        std::fs::copy(repo_root().join("image-spec").join(name), spec_dir.join(name)).unwrap();
+    }
+    spec_dir.join("node.toml")
+}
