@@ -69,7 +69,45 @@ pub struct Global {
 #[derive(Subcommand)]
 enum Task {
     /// Install the host tools the other tasks need (apt), saying what is installed
-    HostTools,
+    HostTools(HostToolsArgs),
+    /// Resolve the spec's and boards' Debian packages against the signed archive and pin them in the lockfile
+    Lock,
+    /// Download the debs the lockfile pins for one arch into the content-addressed cache
+    Fetch(fetch::FetchArgs),
+    /// Assemble the UEFI-bootable disk image for a board into out/<board>/
+    BuildImage(build_image::BuildImageArgs),
+    /// Boot the built disk in QEMU under UEFI firmware and check what machined reports
+    BootTest(boot_test::BootTestArgs),
+    /// Measure build times, sizes and boot time against the floor, printed as one table
+    Bench(bench::BenchArgs),
+    /// Make a signing key pair (minisign format): DIR/nodeimg.pub and DIR/nodeimg.key (mode 0600)
+    Keygen(keys::KeygenArgs),
+    /// Sign an output directory: a .minisig per artifact and for manifest.json, SHA256SUMS(.minisig)
+    Sign(sign::SignArgs),
+    /// Verify a signed output directory against a public key (needs nothing but DIR and the key)
+    Verify(verify::VerifyArgs),
+}
+
+#[derive(Args)]
+struct HostToolsArgs {
+    /// Only what building and booting this arch needs [default: every arch, plus the test suite's tools]
+    #[arg(long, value_enum)]
+    arch: Option<Arch>,
+}
+
+fn install_host_tools(args: &HostToolsArgs) -> Result<()> {
+    let boards = spec::load_boards(&paths::repo_root().join("boards"))?;
+    let mut reqs = Vec::new();
+    for arch in args.arch.map_or(Arch::ALL.to_vec(), |a| vec![a]) {
+        reqs.extend(hosttools::for_build(arch));
+        boards.iter().filter(|b| b.arch() == arch).for_each(|b| reqs.extend(hosttools::for_boot(b)));
+    }
+    if args.arch.is_none() {
+        reqs.extend(hosttools::for_tests());
+    }
+    hosttools::ensure(&reqs)?;
+    progress::note("host tools present");
+    Ok(())
 }
 
 fn main() {
@@ -81,8 +119,15 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let _ = (&cli.global, Arch::ALL);
     match cli.task {
-        Task::HostTools => Ok(()),
+        Task::HostTools(args) => install_host_tools(&args),
+        Task::Lock => lock::run(&cli.global),
+        Task::Fetch(args) => fetch::run(&cli.global, &args),
+        Task::BuildImage(args) => build_image::run(&cli.global, &args),
+        Task::BootTest(args) => boot_test::run(&cli.global, &args),
+        Task::Bench(args) => bench::run(&cli.global, &args),
+        Task::Keygen(args) => keys::keygen(&cli.global, &args),
+        Task::Sign(args) => sign::run(&cli.global, &args),
+        Task::Verify(args) => verify::run(&cli.global, &args),
     }
 }

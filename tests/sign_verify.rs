@@ -1,0 +1,427 @@
+//! keygen, sign and verify end to end through the CLI, on an output directory these tests build
+//! themselves (manifest.json plus artifacts of pseudo-random content), and checked against Debian's
+//! `minisign`, which must be installed (`cargo xtask host-tools`): these tests fail without it.
+
+use assert_cmd::Command;
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+/// The artifact kinds build-image writes, with sizes big enough to span many read buffers.
+const ARTIFACTS: &[(&str, usize)] = &[
+    ("node-arm64.raw", 6 << 20),
+    ("node-arm64.qcow2", 1 << 20),
+    ("node-arm64.efi", 2 << 20),
+    ("node-arm64.initramfs", (1 << 19) + 17),
+    ("node-arm64.rootfs.sqsh", 3 << 20),
+    ("node-arm64.spdx.json", 0),
+];
+
+fn xtask() -> Command {
+    let mut cmd = Command::cargo_bin("xtask").expect("the xtask binary is built for its tests");
+    cmd.env_remove("XTASK_SIGNING_KEY");
+    cmd
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), different per seed.
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        out.extend_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes an unsigned output directory: artifacts plus the manifest.json build-image would write.
+fn write_output_dir(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut artifacts = Vec::new();
+    for (index, (name, size)) in ARTIFACTS.iter().enumerate() {
+        let content = if name.ends_with(".json") {
+            br#"{"spdxVersion":"SPDX-2.3","name":"node-arm64"}"#.to_vec()
+        } else {
+            pseudo_random(*size, index as u64 + 1)
+        };
+        std::fs::write(dir.join(name), &content).unwrap();
+        artifacts.push(serde_json::json!({"file": name, "size": content.len(), "sha256": sha256_hex(&content)}));
+    }
+    let manifest = serde_json::json!({
+        "image": "node", "version": "0.1.0", "arch": "arm64", "board": "qemu-arm64",
+        "source_date_epoch": 1_700_000_000u64, "lock_sha256": sha256_hex(b"lock"), "artifacts": artifacts,
+    });
+    std::fs::write(dir.join("manifest.json"), serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+}
+
+/// A key pair and a signed output directory in a temp dir of their own.
+struct Release {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    dir: PathBuf,
+    public_key: PathBuf,
+    secret_key: PathBuf,
+}
+
+impl Release {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        let dir = root.join("out/qemu-arm64");
+        write_output_dir(&dir);
+        let keys = root.join("keys");
+        let out = xtask().arg("keygen").arg("--out").arg(&keys).output().unwrap();
+        assert!(out.status.success(), "keygen: {}", String::from_utf8_lossy(&out.stderr));
+        let release = Release {
+            _tmp: tmp,
+            root,
+            dir,
+            public_key: keys.join("nodeimg.pub"),
+            secret_key: keys.join("nodeimg.key"),
+        };
+        assert_no_secret(&out, &release.secret_key);
+        let out = xtask().arg("sign").arg("--secret-key").arg(&release.secret_key).arg(&release.dir).output().unwrap();
+        assert!(out.status.success(), "sign: {}", String::from_utf8_lossy(&out.stderr));
+        assert_no_secret(&out, &release.secret_key);
+        release
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn verify_with(&self, key: &Path, dir: &Path) -> Output {
+        let out = xtask().arg("verify").arg("--key").arg(key).arg(dir).output().unwrap();
+        assert_no_secret(&out, &self.secret_key);
+        out
+    }
+
+    fn verify(&self) -> Output {
+        self.verify_with(&self.public_key, &self.dir)
+    }
+
+    /// Every file SHA256SUMS lists, and SHA256SUMS itself: each has a .minisig.
+    fn signed_files(&self) -> Vec<String> {
+        let sums = std::fs::read_to_string(self.path("SHA256SUMS")).unwrap();
+        let mut files: Vec<String> = sums.lines().map(|l| l.split_once("  ").unwrap().1.to_string()).collect();
+        files.push("SHA256SUMS".to_string());
+        files
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// What must never show up in any output: the key file's blob, and the seed in hex and base64.
+fn secret_forms(secret_key: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(secret_key).unwrap();
+    let blob = text.lines().nth(1).unwrap().to_string();
+    let bytes = base64::engine::general_purpose::STANDARD.decode(&blob).unwrap();
+    let (seed, keypair) = (&bytes[62..94], &bytes[62..126]);
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    vec![blob, seed.iter().map(|b| format!("{b:02x}")).collect(), b64(seed), b64(keypair)]
+}
+
+fn assert_no_secret(out: &Output, secret_key: &Path) {
+    let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    for secret in secret_forms(secret_key) {
+        assert!(!printed.contains(&secret[..secret.len().min(40)]), "secret key material printed:\n{printed}");
+    }
+}
+
+/// A failure the way users should see one: exit 1 (not a panic's 101), every `names` in the message.
+fn assert_fails_naming(out: &Output, names: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(1), "expected a clean failure, got {:?}:\n{err}", out.status);
+    assert!(!err.contains("panicked"), "{err}");
+    for name in names {
+        assert!(err.contains(name), "message does not name {name}:\n{err}");
+    }
+}
+
+fn flip_bit(path: &Path, offset_fraction: f64) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let at = ((bytes.len() as f64 * offset_fraction) as usize).min(bytes.len() - 1);
+    bytes[at] ^= 0x10;
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn keygen_sign_verify_passes() {
+    let release = Release::new();
+    let out = release.verify();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    for (name, _) in ARTIFACTS {
+        assert!(err.contains(&format!("ok  {name}")), "{err}");
+    }
+    assert!(err.contains("ok  manifest.json") && err.contains("verified 8 files"), "{err}");
+
+    let out =
+        xtask().arg("--json").arg("verify").arg("--key").arg(&release.public_key).arg(&release.dir).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["files"].as_array().unwrap().len(), 8);
+    assert_eq!(report["errors"].as_array().unwrap().len(), 0);
+
+    let sums = std::fs::read_to_string(release.path("SHA256SUMS")).unwrap();
+    let mut names: Vec<&str> = sums.lines().map(|l| l.split_once("  ").unwrap().1).collect();
+    assert_eq!(names.len(), ARTIFACTS.len() + 1, "{sums}");
+    let sorted = {
+        let mut n = names.clone();
+        n.sort();
+        n
+    };
+    assert_eq!(names, sorted, "SHA256SUMS is sorted");
+    names.retain(|n| *n == "manifest.json");
+    assert_eq!(names.len(), 1);
+    let comment = std::fs::read_to_string(release.path("node-arm64.raw.minisig")).unwrap();
+    let raw_sha = sha256_hex(&std::fs::read(release.path("node-arm64.raw")).unwrap());
+    assert!(
+        comment.contains(&format!(
+            "trusted comment: image=node version=0.1.0 arch=arm64 file=node-arm64.raw sha256={raw_sha}\n"
+        )),
+        "{comment}"
+    );
+}
+
+#[test]
+fn minisign_cli_accepts_every_signature() {
+    let release = Release::new();
+    for file in release.signed_files() {
+        let out = std::process::Command::new("minisign")
+            .arg("-Vm")
+            .arg(release.path(&file))
+            .arg("-p")
+            .arg(&release.public_key)
+            .output()
+            .expect("Debian's minisign must be installed (`cargo xtask host-tools` installs it)");
+        assert!(out.status.success(), "minisign rejects {file}.minisig: {}", stderr(&out));
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(said.contains(&format!("file={file} ")), "{said}");
+    }
+}
+
+#[test]
+fn signing_is_deterministic_and_the_env_var_key_works() {
+    let release = Release::new();
+    let before: Vec<Vec<u8>> =
+        release.signed_files().iter().map(|f| std::fs::read(release.path(&format!("{f}.minisig"))).unwrap()).collect();
+    let key_text = std::fs::read_to_string(&release.secret_key).unwrap();
+    let out = xtask().env("XTASK_SIGNING_KEY", &key_text).arg("--json").arg("sign").arg(&release.dir).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_no_secret(&out, &release.secret_key);
+    let after: Vec<Vec<u8>> =
+        release.signed_files().iter().map(|f| std::fs::read(release.path(&format!("{f}.minisig"))).unwrap()).collect();
+    assert_eq!(before, after);
+}
+
+#[test]
+fn flipped_bit_in_each_kind_of_file_is_caught() {
+    let release = Release::new();
+    let pristine = release.root.join("pristine");
+    copy_dir(&release.dir, &pristine);
+    for name in ARTIFACTS.iter().map(|(n, _)| *n).chain(["manifest.json"]) {
+        copy_dir(&pristine, &release.dir);
+        flip_bit(&release.path(name), 0.5);
+        let out = release.verify();
+        assert_fails_naming(&out, &[name]);
+        assert!(stderr(&out).contains("does not match"), "{}", stderr(&out));
+    }
+    copy_dir(&pristine, &release.dir);
+    assert!(release.verify().status.success());
+}
+
+#[test]
+fn truncated_file_is_caught() {
+    let release = Release::new();
+    let path = release.path("node-arm64.rootfs.sqsh");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 4096]).unwrap();
+    let out = release.verify();
+    assert_fails_naming(&out, &["node-arm64.rootfs.sqsh", "truncated"]);
+}
+
+#[test]
+fn missing_file_is_caught() {
+    let release = Release::new();
+    std::fs::remove_file(release.path("node-arm64.efi")).unwrap();
+    assert_fails_naming(&release.verify(), &["node-arm64.efi", "missing"]);
+
+    let release = Release::new();
+    std::fs::remove_file(release.path("node-arm64.qcow2.minisig")).unwrap();
+    assert_fails_naming(&release.verify(), &["node-arm64.qcow2.minisig", "missing"]);
+
+    let release = Release::new();
+    std::fs::remove_file(release.path("SHA256SUMS")).unwrap();
+    assert_fails_naming(&release.verify(), &["SHA256SUMS", "missing"]);
+}
+
+#[test]
+fn swapped_signature_is_caught() {
+    let release = Release::new();
+    std::fs::copy(release.path("node-arm64.raw.minisig"), release.path("node-arm64.efi.minisig")).unwrap();
+    assert_fails_naming(
+        &release.verify(),
+        &["node-arm64.efi.minisig", "bad signature", "it is the signature of node-arm64.raw"],
+    );
+}
+
+#[test]
+fn key_from_another_pair_is_caught() {
+    let release = Release::new();
+    let other = release.root.join("other-keys");
+    let out = xtask().arg("keygen").arg("--out").arg(&other).output().unwrap();
+    assert!(out.status.success());
+
+    // Verifying with the wrong public key.
+    let out = release.verify_with(&other.join("nodeimg.pub"), &release.dir);
+    assert_fails_naming(&out, &["SHA256SUMS.minisig", "node-arm64.raw.minisig", "key id"]);
+
+    // A directory re-signed by someone else's key.
+    let out =
+        xtask().arg("sign").arg("--secret-key").arg(other.join("nodeimg.key")).arg(&release.dir).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_fails_naming(&release.verify(), &["SHA256SUMS.minisig", "manifest.json.minisig", "wrong public key"]);
+}
+
+#[test]
+fn edited_trusted_comment_is_caught() {
+    let release = Release::new();
+    let path = release.path("node-arm64.raw.minisig");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("version=0.1.0"));
+    std::fs::write(&path, text.replace("version=0.1.0", "version=0.1.1")).unwrap();
+    assert_fails_naming(&release.verify(), &["node-arm64.raw.minisig", "trusted comment was edited"]);
+}
+
+#[test]
+fn extra_line_in_sums_is_caught() {
+    let release = Release::new();
+    std::fs::write(release.path("extra.bin"), b"smuggled").unwrap();
+    let mut sums = std::fs::read_to_string(release.path("SHA256SUMS")).unwrap();
+    sums.push_str(&format!("{}  extra.bin\n", sha256_hex(b"smuggled")));
+    std::fs::write(release.path("SHA256SUMS"), sums).unwrap();
+    let out = release.verify();
+    assert_fails_naming(&out, &["SHA256SUMS.minisig", "extra.bin"]);
+
+    let out =
+        xtask().arg("--json").arg("verify").arg("--key").arg(&release.public_key).arg(&release.dir).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], false);
+    let errors = report["errors"].as_array().unwrap();
+    assert!(errors.iter().any(|e| e["file"] == "extra.bin"), "{report}");
+    assert!(errors.iter().any(|e| e["file"] == "SHA256SUMS.minisig"), "{report}");
+}
+
+#[test]
+fn keygen_refuses_to_overwrite_without_force() {
+    let release = Release::new();
+    let keys = release.secret_key.parent().unwrap();
+    let before = std::fs::read(&release.secret_key).unwrap();
+    let out = xtask().arg("keygen").arg("--out").arg(keys).output().unwrap();
+    assert_fails_naming(&out, &["nodeimg.key", "--force"]);
+    assert_eq!(std::fs::read(&release.secret_key).unwrap(), before);
+
+    let out = xtask().arg("keygen").arg("--out").arg(keys).arg("--force").output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_no_secret(&out, &release.secret_key);
+    assert_ne!(std::fs::read(&release.secret_key).unwrap(), before);
+    let mode = std::fs::metadata(&release.secret_key).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(stderr(&out).contains("nodeimg.pub"), "keygen names the public key: {}", stderr(&out));
+}
+
+#[test]
+fn group_readable_secret_key_is_refused() {
+    let release = Release::new();
+    std::fs::set_permissions(&release.secret_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = xtask().arg("sign").arg("--secret-key").arg(&release.secret_key).arg(&release.dir).output().unwrap();
+    assert_fails_naming(&out, &["nodeimg.key", "0644", "chmod 600"]);
+    assert_no_secret(&out, &release.secret_key);
+}
+
+#[test]
+fn sign_refuses_a_dir_that_does_not_match_its_manifest() {
+    let release = Release::new();
+    flip_bit(&release.path("node-arm64.initramfs"), 0.1);
+    let key_text = std::fs::read_to_string(&release.secret_key).unwrap();
+    let out = xtask().env("XTASK_SIGNING_KEY", key_text).arg("sign").arg(&release.dir).output().unwrap();
+    assert_fails_naming(&out, &["node-arm64.initramfs", "refusing to sign"]);
+    assert_no_secret(&out, &release.secret_key);
+
+    let out = xtask().arg("sign").arg(&release.dir).output().unwrap();
+    assert_fails_naming(&out, &["XTASK_SIGNING_KEY", "--secret-key"]);
+}
+
+#[test]
+fn secret_key_never_printed() {
+    // Every command above checks its own output; these are the remaining shapes of output.
+    let release = Release::new();
+    let key_text = std::fs::read_to_string(&release.secret_key).unwrap();
+    let runs = [
+        xtask().arg("--json").arg("keygen").arg("--out").arg(release.root.join("k2")).output().unwrap(),
+        xtask()
+            .arg("--json")
+            .arg("sign")
+            .arg("--secret-key")
+            .arg(&release.secret_key)
+            .arg(&release.dir)
+            .output()
+            .unwrap(),
+        xtask().env("XTASK_SIGNING_KEY", &key_text).arg("sign").arg(&release.dir).output().unwrap(),
+        // A damaged key in the variable: the error must not echo it.
+        xtask().env("XTASK_SIGNING_KEY", key_text.replace('A', "B")).arg("sign").arg(&release.dir).output().unwrap(),
+        xtask().env("XTASK_SIGNING_KEY", format!("{key_text}junk\n")).arg("sign").arg(&release.dir).output().unwrap(),
+    ];
+    for out in &runs {
+        assert_no_secret(out, &release.secret_key);
+        assert!(!stderr(out).contains("panicked"), "{}", stderr(out));
+    }
+    assert_fails_naming(&runs[3], &["XTASK_SIGNING_KEY"]);
+    assert_fails_naming(&runs[4], &["XTASK_SIGNING_KEY"]);
+}
+
+#[test]
+fn verify_works_on_a_copy_elsewhere_without_the_repository() {
+    let release = Release::new();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let copy = elsewhere.path().join("release");
+    copy_dir(&release.dir, &copy);
+    let public_key = elsewhere.path().join("nodeimg.pub");
+    std::fs::copy(&release.public_key, &public_key).unwrap();
+    std::fs::remove_dir_all(&release.dir).unwrap();
+    let out = xtask()
+        .current_dir(elsewhere.path())
+        .env("XTASK_BOARDS_DIR", "/nonexistent/boards")
+        .env("XTASK_SPEC", "/nonexistent/spec.toml")
+        .env("XTASK_OUT_DIR", "/nonexistent/out")
+        .args(["verify", "--key", "nodeimg.pub", "release"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("verified 8 files"), "{}", stderr(&out));
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    if to.exists() {
+        std::fs::remove_dir_all(to).unwrap();
+    }
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
