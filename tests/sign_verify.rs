@@ -2,6 +2,8 @@
 //! themselves (manifest.json plus artifacts of pseudo-random content), and checked against Debian's
 //! `minisign`, which must be installed (`cargo xtask host-tools`): these tests fail without it.
 
+mod common;
+
 use assert_cmd::Command;
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
@@ -198,6 +200,7 @@ fn keygen_sign_verify_passes() {
 
 #[test]
 fn minisign_cli_accepts_every_signature() {
+    common::host_tools();
     let release = Release::new();
     for file in release.signed_files() {
         let out = std::process::Command::new("minisign")

@@ -243,6 +243,7 @@ mod tests {
 
     #[test]
     fn gnu_cpio_lists_it() {
+        crate::hosttools::for_unit_tests();
         if !crate::cmd::Cmd::exists("cpio") {
             eprintln!("skipping: cpio is not installed");
             return;

@@ -396,6 +396,7 @@ mod tests {
 
     #[test]
     fn fsck_and_mtools_read_it_back_and_builds_are_identical() {
+        crate::hosttools::for_unit_tests();
         let dir = tempfile::tempdir().unwrap();
         let boot = payload(3 << 20, 7);
         let small = payload(1000, 3);

@@ -422,6 +422,7 @@ mod tests {
 
     #[test]
     fn sgdisk_accepts_the_disk() {
+        crate::hosttools::for_unit_tests();
         let dir = tempfile::tempdir().unwrap();
         let esp_data: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8 + 1).collect();
         let root_file = dir.path().join("root.img");

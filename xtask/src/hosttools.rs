@@ -22,15 +22,22 @@ fn req(file: impl Into<String>, package: impl Into<String>, why: &'static str) -
     Requirement { file: file.into(), package: package.into(), why }
 }
 
-/// What building an image for `arch` needs.
-pub fn for_build(arch: Arch) -> Vec<Requirement> {
-    let mut reqs = vec![
+/// What reading the Debian archive (`lock`) needs.
+pub fn for_archive() -> Vec<Requirement> {
+    vec![
         req("gpgv", "gpgv", "verifying the Debian archive's InRelease"),
         req("/usr/share/keyrings/debian-archive-keyring.gpg", "debian-archive-keyring", "verifying the Debian archive"),
+    ]
+}
+
+/// What building an image for `arch` needs.
+pub fn for_build(arch: Arch) -> Vec<Requirement> {
+    let mut reqs = for_archive();
+    reqs.extend([
         req("mksquashfs", "squashfs-tools", "making squashfs layers"),
         req("qemu-img", "qemu-utils", "writing qcow2 disks"),
         req("/usr/bin/rustc", "rustc", "compiling machined with a toolchain that targets both arches"),
-    ];
+    ]);
     match arch {
         Arch::Amd64 => reqs.extend([
             req("/usr/lib/rustlib/x86_64-unknown-linux-gnu/lib", "libstd-rust-dev", "compiling machined for amd64"),
@@ -183,4 +190,20 @@ fn apt_sources_mention(suite: &str) -> Result<bool> {
         }
     }
     Ok(texts.iter().any(|t| t.lines().any(|l| !l.trim_start().starts_with('#') && l.contains(suite))))
+}
+
+/// For unit tests that check outputs with independent tools (sgdisk, fsck.vfat, minisign, Debian's
+/// rustc, ...): installs everything once per test process, so `cargo test` works on a fresh machine.
+#[cfg(test)]
+pub fn for_unit_tests() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let mut reqs = for_tests();
+        for arch in Arch::ALL {
+            reqs.extend(for_build(arch));
+        }
+        if let Err(e) = ensure(&reqs) {
+            panic!("installing host tools for the tests: {e:#}");
+        }
+    });
 }

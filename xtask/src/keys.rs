@@ -637,6 +637,7 @@ mod tests {
 
     #[test]
     fn interoperates_with_the_minisign_cli_both_ways() {
+        crate::hosttools::for_unit_tests();
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         minisign(&["-G", "-W", "-p", "m.pub", "-s", "m.key"], d);

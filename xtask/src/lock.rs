@@ -213,6 +213,7 @@ pub fn run(global: &Global) -> Result<()> {
     let spec = crate::spec::load_spec(&spec_path)?;
     let boards = crate::spec::load_boards(&global.boards_dir())?;
     let sets = package_sets(&spec, &boards);
+    crate::hosttools::ensure(&crate::hosttools::for_archive())?;
     let mirror = mirror::resolve(global.mirror.as_deref(), &spec.suite)?;
     let cache = Cache::new(global);
 

@@ -312,6 +312,7 @@ mod tests {
 
     #[test]
     fn builds_static_binaries_for_both_arches_and_caches_them() {
+        crate::hosttools::for_unit_tests();
         let dir = tempfile::tempdir().unwrap();
         let (cache, work) = (dir.path().join("cache"), dir.path().join("work"));
         let crate_dir = crate::paths::repo_root().join("machined");
@@ -339,6 +340,7 @@ mod tests {
 
     #[test]
     fn output_is_identical_from_another_checkout() {
+        crate::hosttools::for_unit_tests();
         let dir = tempfile::tempdir().unwrap();
         let original = crate::paths::repo_root().join("machined");
         let copy = dir.path().join("a/much/longer/path/to/another/clone/machined");
@@ -361,6 +363,7 @@ mod tests {
 
     #[test]
     fn cache_key_follows_the_sources() {
+        crate::hosttools::for_unit_tests();
         let dir = tempfile::tempdir().unwrap();
         let crate_dir = dir.path().join("machined");
         std::fs::create_dir_all(crate_dir.join("src")).unwrap();
