@@ -207,3 +207,50 @@ fn unreachable_mirror_with_a_cold_cache_fails_clearly_and_leaves_out_untouched()
     assert!(stderr.contains("127.0.0.1:9"), "{stderr}");
     assert_eq!(before, snapshot(&out), "out/ changed");
 }
+
+/// A machine that fails must fail boot-test with machined's reason and the console's tail, and a
+/// boot that does not finish in time must fail on the timeout, with QEMU reaped either way.
+#[test]
+fn failing_boot_and_timeout_fail_boot_test_with_the_console_tail() {
+    host_tools();
+    let _heavy = heavy();
+    let tmp = tempfile::tempdir().unwrap();
+    // A board without the loop module: machined cannot attach /rootfs.sqsh and must say so.
+    let text = std::fs::read_to_string(repo_root().join("boards/qemu-amd64.toml")).unwrap();
+    let broken: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("boot-modules") {
+                l.replace("\"loop\", ", "").replace(", \"loop\"", "")
+            } else {
+                l.into()
+            }
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(broken, text, "the board's boot-modules line no longer names loop");
+    let boards = tmp.path().join("boards");
+    std::fs::create_dir(&boards).unwrap();
+    std::fs::write(boards.join("qemu-amd64.toml"), broken).unwrap();
+    // The lock covers every board's kernel, so the other board comes along unchanged.
+    std::fs::copy(repo_root().join("boards/qemu-arm64.toml"), boards.join("qemu-arm64.toml")).unwrap();
+    let out = tmp.path().join("out");
+    let with_dirs = |cmd: &mut assert_cmd::Command| {
+        cmd.arg("--boards-dir").arg(&boards).arg("--out-dir").arg(&out);
+    };
+    let mut build = xtask();
+    with_dirs(&mut build);
+    succeeds(build.args(["build-image", "--arch", "amd64"]));
+
+    let mut boot = xtask();
+    with_dirs(&mut boot);
+    let stderr = fails(boot.args(["boot-test", "--arch", "amd64"]));
+    assert!(stderr.contains("MACHINED-FATAL") && stderr.contains("loop"), "{stderr}");
+
+    let mut boot = xtask();
+    with_dirs(&mut boot);
+    let stderr = fails(boot.args(["boot-test", "--arch", "amd64", "--timeout", "1"]));
+    assert!(stderr.contains("no MACHINED-STATUS line within 1 s"), "{stderr}");
+    let qemu_left = std::process::Command::new("pgrep").args(["-f", &out.display().to_string()]).output().unwrap();
+    assert!(qemu_left.stdout.is_empty(), "QEMU still running: {}", String::from_utf8_lossy(&qemu_left.stdout));
+}

@@ -35,7 +35,12 @@ use spec::Arch;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Build, boot-test, sign and ship the immutable node image", version)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Build, boot-test, sign and ship the immutable node image",
+    version
+)]
 struct Cli {
     #[command(flatten)]
     global: Global,
