@@ -53,7 +53,7 @@ pub fn ar_member(deb: &Path, prefix: &str) -> Result<(String, Vec<u8>)> {
 }
 
 /// A decompressing reader for a tar member, by its file name.
-fn decompress<'a>(name: &str, data: &'a [u8]) -> Result<Box<dyn Read + 'a>> {
+pub fn decompress<'a>(name: &str, data: &'a [u8]) -> Result<Box<dyn Read + 'a>> {
     Ok(match name.rsplit('.').next() {
         Some("xz") => Box::new(liblzma::read::XzDecoder::new(data)),
         Some("zst") => Box::new(zstd::stream::read::Decoder::new(data)?),
@@ -185,11 +185,16 @@ fn remove_existing(path: &Path) -> Result<()> {
 pub fn make_merged_usr(root: &Path, arch: crate::spec::Arch) -> Result<()> {
     for dir in ["bin", "sbin", "lib"] {
         fs::create_dir_all(root.join("usr").join(dir))?;
+        // Set outright: the builder's umask must not decide the image's modes.
+        for made in ["usr".to_string(), format!("usr/{dir}")] {
+            fs::set_permissions(root.join(made), fs::Permissions::from_mode(0o755))?;
+        }
         std::os::unix::fs::symlink(format!("usr/{dir}"), root.join(dir))
             .with_context(|| format!("creating /{dir} symlink in {}", root.display()))?;
     }
     if arch == crate::spec::Arch::Amd64 {
         fs::create_dir_all(root.join("usr/lib64"))?;
+        fs::set_permissions(root.join("usr/lib64"), fs::Permissions::from_mode(0o755))?;
         std::os::unix::fs::symlink("usr/lib64", root.join("lib64"))?;
     }
     Ok(())

@@ -8,6 +8,7 @@ pub use crate::debian::resolve::Follow;
 use crate::debian::packages::Index;
 use crate::debian::resolve::{self, Dropped, Root};
 use crate::debian::{mirror, release};
+use crate::extensions::Extension;
 use crate::fetch::Cache;
 use crate::spec::{Arch, Board, ImageSpec};
 use crate::{progress, Global};
@@ -49,8 +50,10 @@ fn sorted(items: impl IntoIterator<Item = String>) -> Vec<String> {
 
 /// Every package set the image needs, per arch: "rootfs" (the spec's packages, full closure),
 /// "kernel" (the boards' kernel packages, followed only to linux-image-*), "efi-stub" (systemd-boot-efi
-/// alone). A set with no roots (no board for that arch) is left out.
-pub fn package_sets(spec: &ImageSpec, boards: &[Board]) -> Vec<PackageSet> {
+/// alone), and "extension:<name>" for each of the spec's extensions that names packages (their full
+/// closure, excluding the spec's excludes and the extension's own). A set with no roots (no board for
+/// that arch) is left out.
+pub fn package_sets(spec: &ImageSpec, boards: &[Board], extensions: &[Extension]) -> Vec<PackageSet> {
     let mut sets = Vec::new();
     for arch in Arch::ALL {
         sets.push(PackageSet {
@@ -77,12 +80,24 @@ pub fn package_sets(spec: &ImageSpec, boards: &[Board]) -> Vec<PackageSet> {
             exclude: Vec::new(),
             follow: Follow::None,
         });
+        for extension in extensions.iter().filter(|e| !e.packages.packages.is_empty()) {
+            sets.push(PackageSet {
+                name: crate::extensions::set_name(&extension.name),
+                arch,
+                roots: sorted(extension.packages.packages.iter().cloned()),
+                exclude: sorted(spec.exclude_packages.iter().chain(&extension.packages.exclude_packages).cloned()),
+                follow: Follow::All,
+            });
+        }
     }
     sets
 }
 
 /// Where a set's root was asked for, for "unknown package" errors.
-fn root_origin(set: &PackageSet, root: &str, spec_path: &Path, boards: &[Board]) -> String {
+fn root_origin(set: &PackageSet, root: &str, spec_path: &Path, boards: &[Board], extensions: &[Extension]) -> String {
+    if let Some(extension) = extensions.iter().find(|e| crate::extensions::set_name(&e.name) == set.name) {
+        return format!("{}, field `packages`", extension.packages.path.display());
+    }
     match set.name.as_str() {
         "rootfs" => format!("{}, field `packages`", spec_path.display()),
         "kernel" => boards
@@ -108,7 +123,8 @@ pub fn load_checked(global: &Global, spec: &ImageSpec, boards: &[Board]) -> Resu
         );
     }
     let lock = Lock::load(&lock_path)?;
-    let differences = differences(&lock, spec, boards);
+    let extensions = crate::extensions::load(&global.overlays_dir(), spec)?;
+    let differences = differences(&lock, spec, boards, &extensions);
     if !differences.is_empty() {
         bail!(
             "{} is stale: it no longer matches {} and the boards in {}:\n  {}\nrun `cargo xtask lock` to update it",
@@ -122,7 +138,7 @@ pub fn load_checked(global: &Global, spec: &ImageSpec, boards: &[Board]) -> Resu
 }
 
 /// What changed between the inputs recorded in the lock and the current ones, one line each.
-fn differences(lock: &Lock, spec: &ImageSpec, boards: &[Board]) -> Vec<String> {
+fn differences(lock: &Lock, spec: &ImageSpec, boards: &[Board], extensions: &[Extension]) -> Vec<String> {
     let mut out = Vec::new();
     if lock.suite != spec.suite {
         out.push(format!("spec suite is {:?}, the lock has {:?}", spec.suite, lock.suite));
@@ -130,11 +146,12 @@ fn differences(lock: &Lock, spec: &ImageSpec, boards: &[Board]) -> Vec<String> {
     if lock.components != spec.components {
         out.push(format!("spec components are {:?}, the lock has {:?}", spec.components, lock.components));
     }
-    let wanted = package_sets(spec, boards);
+    let wanted = package_sets(spec, boards, extensions);
     for set in &wanted {
         let (source, adds, removes) = match set.name.as_str() {
             "rootfs" => ("spec", "spec adds", "spec removes"),
             "kernel" => ("boards", "boards add", "boards remove"),
+            name if name.starts_with("extension:") => ("the extension", "extension adds", "extension removes"),
             _ => ("xtask", "xtask adds", "xtask removes"),
         };
         let Some(locked) = lock.set(set.arch, &set.name) else {
@@ -212,7 +229,8 @@ pub fn run(global: &Global) -> Result<()> {
     let spec_path = global.spec_path();
     let spec = crate::spec::load_spec(&spec_path)?;
     let boards = crate::spec::load_boards(&global.boards_dir())?;
-    let sets = package_sets(&spec, &boards);
+    let extensions = crate::extensions::load(&global.overlays_dir(), &spec)?;
+    let sets = package_sets(&spec, &boards, &extensions);
     crate::hosttools::ensure(&crate::hosttools::for_archive())?;
     let mirror = mirror::resolve(global.mirror.as_deref(), &spec.suite)?;
     let cache = Cache::new(global);
@@ -250,7 +268,7 @@ pub fn run(global: &Global) -> Result<()> {
         let roots: Vec<Root> = set
             .roots
             .iter()
-            .map(|name| Root { name: name.clone(), origin: root_origin(set, name, &spec_path, &boards) })
+            .map(|name| Root { name: name.clone(), origin: root_origin(set, name, &spec_path, &boards, &extensions) })
             .collect();
         let resolution = resolve::resolve(index, &roots, &set.exclude, set.follow)
             .with_context(|| format!("resolving package set {:?} for {}", set.name, set.arch))?;
@@ -369,7 +387,7 @@ mod tests {
     #[test]
     fn sets_per_arch_with_deduplicated_kernels() {
         let boards = [board("a", "amd64", "linux-image-cloud-amd64"), board("b", "amd64", "linux-image-cloud-amd64")];
-        let sets = package_sets(&spec(&["tzdata", "base-files", "tzdata"]), &boards);
+        let sets = package_sets(&spec(&["tzdata", "base-files", "tzdata"]), &boards, &[]);
         let names: Vec<String> = sets.iter().map(|s| format!("{}/{}", s.name, s.arch)).collect();
         assert_eq!(names, ["rootfs/amd64", "kernel/amd64", "efi-stub/amd64", "rootfs/arm64", "efi-stub/arm64"]);
         assert_eq!(sets[0].roots, ["base-files", "tzdata"]);
@@ -381,13 +399,13 @@ mod tests {
     #[test]
     fn differences_name_set_and_package() {
         let boards = [board("a", "amd64", "linux-image-cloud-amd64")];
-        let old = package_sets(&spec(&["base-files"]), &boards);
+        let old = package_sets(&spec(&["base-files"]), &boards, &[]);
         let lock =
             Lock::new("bookworm".into(), vec!["main".into()], old.iter().map(PackageSet::locked).collect(), vec![]);
-        assert!(differences(&lock, &spec(&["base-files"]), &boards).is_empty());
-        let found = differences(&lock, &spec(&["base-files", "foo"]), &boards);
+        assert!(differences(&lock, &spec(&["base-files"]), &boards, &[]).is_empty());
+        let found = differences(&lock, &spec(&["base-files", "foo"]), &boards, &[]);
         assert!(found.contains(&"rootfs/amd64: spec adds package foo".to_string()), "{found:?}");
-        let found = differences(&lock, &spec(&["base-files"]), &[board("a", "amd64", "linux-image-amd64")]);
+        let found = differences(&lock, &spec(&["base-files"]), &[board("a", "amd64", "linux-image-amd64")], &[]);
         assert!(found.contains(&"kernel/amd64: boards add package linux-image-amd64".to_string()), "{found:?}");
     }
 }

@@ -23,7 +23,7 @@ impl Global {
     }
 
     pub fn overlays_dir(&self) -> PathBuf {
-        repo_root().join("overlays")
+        self.overlays_dir.clone().unwrap_or_else(|| repo_root().join("overlays"))
     }
 
     pub fn out_dir(&self) -> PathBuf {

@@ -27,6 +27,8 @@ pub fn assemble(
     overlays_dir: &Path,
 ) -> Result<Provenance> {
     fs::create_dir(root).with_context(|| format!("creating {}", root.display()))?;
+    // Modes are set outright wherever we create something: the umask of whoever builds must not reach the image.
+    fs::set_permissions(root, fs::Permissions::from_mode(0o755))?;
     deb::make_merged_usr(root, arch)?;
     let mut provenance = Provenance::new();
     let mut sorted: Vec<&DebInput> = debs.iter().collect();
@@ -39,6 +41,7 @@ pub fn assemble(
         let path = root.join(dir);
         if !path.is_dir() {
             fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
         }
     }
     // /tmp is a tmpfs at run time; the mount point keeps the usual sticky mode.
@@ -72,6 +75,7 @@ fn write_os_release(root: &Path, spec: &ImageSpec) -> Result<()> {
         }
     }
     fs::write(&usr_lib, os_release(spec)).with_context(|| format!("writing {}", usr_lib.display()))?;
+    fs::set_permissions(&usr_lib, fs::Permissions::from_mode(0o644))?;
     std::os::unix::fs::symlink("../usr/lib/os-release", &etc)?;
     Ok(())
 }
@@ -94,7 +98,8 @@ fn apply_overlay(dir: &Path, root: &Path, provenance: &mut Provenance) -> Result
             if !fs::symlink_metadata(&dest).map(|m| m.is_dir()).unwrap_or(false) {
                 fs::create_dir(&dest).with_context(|| format!("{label}: creating {}", rel.display()))?;
             }
-            fs::set_permissions(&dest, fs::Permissions::from_mode(meta.permissions().mode() & 0o7777))?;
+            let mode = crate::reproducible::checkout_mode(meta.permissions().mode(), true);
+            fs::set_permissions(&dest, fs::Permissions::from_mode(mode))?;
         } else if meta.file_type().is_symlink() {
             let target = fs::read_link(entry.path())?;
             if !deb::symlink_stays_inside(&rel, &target) {
@@ -110,6 +115,8 @@ fn apply_overlay(dir: &Path, root: &Path, provenance: &mut Provenance) -> Result
                 fs::remove_file(&dest).with_context(|| format!("replacing {}", dest.display()))?;
             }
             fs::copy(entry.path(), &dest).with_context(|| format!("copying {}", entry.path().display()))?;
+            let mode = crate::reproducible::checkout_mode(meta.permissions().mode(), false);
+            fs::set_permissions(&dest, fs::Permissions::from_mode(mode))?;
             provenance.insert(rel, label.clone());
         } else {
             bail!("{label}: {} is a device node, fifo or socket", rel.display());

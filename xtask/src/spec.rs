@@ -89,6 +89,23 @@ pub struct ImageSpec {
     /// Extra kernel command-line arguments, after the board's.
     #[serde(default)]
     pub kernel_args: Vec<String>,
+    /// Board kernel arguments to leave out: an entry with `=` removes that exact argument, one without
+    /// removes every argument with that key (`console` removes `console=ttyS0`).
+    #[serde(default)]
+    pub kernel_args_remove: Vec<String>,
+    /// System extensions (directories under `overlays/extensions/`) baked into the initramfs as
+    /// squashfs layers, in mount order.
+    #[serde(default)]
+    pub extensions: Vec<String>,
+    /// Files removed from the root tree after the packages and overlays are in place (path globs such
+    /// as `/usr/sbin/e2scrub*`, `**` for any depth): package files the image has no use for, like shell
+    /// scripts that could never run without a shell. Each must match something.
+    #[serde(default)]
+    pub drop_files: Vec<String>,
+    /// More files the no-shell policy refuses in any layer, besides its built-in list: basenames
+    /// (`runuser`) or path globs (`/usr/bin/apt*`).
+    #[serde(default)]
+    pub deny_files: Vec<String>,
 }
 
 fn default_components() -> Vec<String> {
@@ -115,7 +132,24 @@ pub struct BoardFile {
     pub firmware: Firmware,
     pub qemu: Qemu,
     pub disk: Disk,
+    /// How machined finds the node's scratch disk (encrypted, formatted every boot, mounted on /var).
+    /// Without it, /var is a tmpfs.
+    #[serde(default)]
+    pub scratch_disk: Option<ScratchDisk>,
 }
+
+/// `[scratch-disk]`: the rule naming the scratch disk. It reaches machined as the kernel argument
+/// `machined.scratch-serial=<serial>`, added to the board's kernel-args when the board is loaded.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ScratchDisk {
+    /// The disk's serial number (/sys/block/<disk>/serial; virtio-blk's `serial=` property, at most
+    /// 20 bytes). machined never takes a disk that holds a partition table, whatever its serial.
+    pub serial: String,
+}
+
+/// The kernel argument carrying the scratch-disk rule to machined.
+pub const SCRATCH_SERIAL_ARG: &str = "machined.scratch-serial";
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -214,6 +248,7 @@ pub fn load_spec(path: &Path) -> Result<ImageSpec> {
     if spec.packages.is_empty() {
         bail!("{}: field `packages`: must name at least one package", path.display());
     }
+    crate::policy::check_spec_fields(&spec, path)?;
     Ok(spec)
 }
 
@@ -236,7 +271,27 @@ pub fn load_board_file(path: &Path) -> Result<Board> {
         .and_then(|s| s.to_str())
         .with_context(|| format!("{}: board file name is not UTF-8", path.display()))?
         .to_string();
-    Ok(Board { name, path: path.to_path_buf(), file: load_toml(path)? })
+    let mut file: BoardFile = load_toml(path)?;
+    if file.kernel_args.iter().any(|a| a.starts_with(&format!("{SCRATCH_SERIAL_ARG}="))) {
+        bail!(
+            "{}: field `kernel-args`: set the scratch disk with `[scratch-disk] serial`, not {SCRATCH_SERIAL_ARG}=",
+            path.display()
+        );
+    }
+    if let Some(scratch) = &file.scratch_disk {
+        let serial = &scratch.serial;
+        if serial.is_empty()
+            || serial.len() > 20
+            || !serial.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            bail!(
+                "{}: field `scratch-disk.serial`: {serial:?} must be 1 to 20 ASCII letters, digits, '-', '_' or '.'",
+                path.display()
+            );
+        }
+        file.kernel_args.push(format!("{SCRATCH_SERIAL_ARG}={serial}"));
+    }
+    Ok(Board { name, path: path.to_path_buf(), file })
 }
 
 /// Picks the board named by `--board` (a name in `boards_dir` or a path to a .toml), else the default
@@ -283,6 +338,35 @@ mod tests {
     fn line_column_counts_from_one() {
         assert_eq!(line_column("ab\ncd", 0), (1, 1));
         assert_eq!(line_column("ab\ncd", 4), (2, 2));
+    }
+
+    #[test]
+    fn scratch_disk_rule_becomes_a_kernel_argument() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = std::fs::read_to_string(crate::paths::repo_root().join("boards/qemu-arm64.toml")).unwrap();
+        let path = dir.path().join("b.toml");
+        std::fs::write(&path, &text).unwrap();
+        let board = load_board_file(&path).unwrap();
+        let serial = &board.file.scratch_disk.as_ref().unwrap().serial;
+        assert!(board.file.kernel_args.contains(&format!("{SCRATCH_SERIAL_ARG}={serial}")));
+
+        let without: String = text
+            .lines()
+            .filter(|l| !l.contains("scratch-disk") && !l.starts_with("serial"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&path, &without).unwrap();
+        let board = load_board_file(&path).unwrap();
+        assert!(board.file.scratch_disk.is_none());
+        assert!(!board.file.kernel_args.iter().any(|a| a.starts_with(SCRATCH_SERIAL_ARG)));
+
+        std::fs::write(&path, text.replace(&format!("serial = \"{serial}\""), "serial = \"has space\"")).unwrap();
+        let err = format!("{:#}", load_board_file(&path).unwrap_err());
+        assert!(err.contains("scratch-disk.serial"), "{err}");
+        std::fs::write(&path, text.replace("kernel-args = [", "kernel-args = [\"machined.scratch-serial=x\", "))
+            .unwrap();
+        let err = format!("{:#}", load_board_file(&path).unwrap_err());
+        assert!(err.contains("[scratch-disk]"), "{err}");
     }
 
     #[test]

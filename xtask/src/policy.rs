@@ -1,0 +1,357 @@
+//! The no-shell policy, enforced at build time on the root tree and on every extension tree before
+//! anything is published. A node is managed through its API, never interactively, so no layer may hold
+//! a shell (or a multi-call binary that is one), a script that needs one, an SSH server or client, or a
+//! login program; the spec can deny more files (`deny-files`). Each refusal names the file and the
+//! package or overlay it came from, so the fix (an exclude, a `drop-files` entry) is obvious.
+//!
+//! Also here: the spec's path globs (`drop-files`, `deny-files`) and which board kernel arguments the
+//! spec removes (`kernel-args-remove`).
+
+use crate::deb::Provenance;
+use crate::spec::ImageSpec;
+use anyhow::{bail, Context, Result};
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// Shells and multi-call binaries that contain one, by basename.
+const SHELLS: &[&str] = &[
+    "sh", "bash", "rbash", "dash", "ash", "ksh", "ksh93", "mksh", "lksh", "zsh", "csh", "tcsh", "fish", "yash", "posh",
+    "sash", "busybox", "toybox",
+];
+/// SSH servers and clients, by basename.
+const REMOTE_LOGIN: &[&str] = &["sshd", "ssh", "scp", "sftp", "sftp-server", "dropbear", "dropbearmulti", "dbclient"];
+/// Programs whose job is to log a person in or switch to another user, by basename.
+const LOGIN: &[&str] = &["getty", "agetty", "mingetty", "login", "su", "sudo", "doas"];
+
+/// Where the policy is stated, for messages.
+const POLICY_NAME: &str = "no-shell policy";
+
+/// How path globs match: `*` and `?` stay within one path component, `**` spans any number.
+const GLOB_OPTIONS: glob::MatchOptions =
+    glob::MatchOptions { case_sensitive: true, require_literal_separator: true, require_literal_leading_dot: false };
+
+/// How many violations an error lists before summarising the rest.
+const LISTED: usize = 20;
+
+/// Checks the spec fields this module and extensions.rs interpret, naming the field on error.
+pub fn check_spec_fields(spec: &ImageSpec, path: &Path) -> Result<()> {
+    let field = |name: &str| format!("{}: field `{name}`", path.display());
+    let mut seen = std::collections::BTreeSet::new();
+    for name in &spec.extensions {
+        if !crate::extensions::valid_name(name) {
+            bail!(
+                "{}: {name:?} is not an extension name (lowercase letters, digits, '-' and '_')",
+                field("extensions")
+            );
+        }
+        if !seen.insert(name) {
+            bail!("{}: {name:?} is listed twice", field("extensions"));
+        }
+    }
+    for pattern in &spec.drop_files {
+        path_glob(pattern).with_context(|| field("drop-files"))?;
+    }
+    for pattern in &spec.deny_files {
+        DenyPattern::parse(pattern).with_context(|| field("deny-files"))?;
+    }
+    for arg in &spec.kernel_args_remove {
+        if arg.is_empty() || arg.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            bail!("{}: {arg:?} must be one kernel argument (non-empty, no spaces)", field("kernel-args-remove"));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `arg` is removed by `kernel-args-remove`: an entry with `=` removes exactly that argument,
+/// an entry without removes the key with any value (and the bare flag).
+pub fn kernel_arg_removed(remove: &[String], arg: &str) -> bool {
+    let key = arg.split_once('=').map_or(arg, |(key, _)| key);
+    remove.iter().any(|entry| if entry.contains('=') { entry == arg } else { entry == key })
+}
+
+/// An absolute path glob such as `/usr/sbin/e2scrub*`.
+pub fn path_glob(pattern: &str) -> Result<glob::Pattern> {
+    if !pattern.starts_with('/') || pattern.split('/').any(|part| part == "..") {
+        bail!("{pattern:?} must be an absolute path glob inside the image, like \"/usr/sbin/e2scrub*\"");
+    }
+    glob::Pattern::new(pattern).with_context(|| format!("{pattern:?} is not a valid glob"))
+}
+
+/// A `deny-files` entry: a basename glob (no `/`) or an absolute path glob.
+enum DenyPattern {
+    Basename(glob::Pattern),
+    Path(glob::Pattern),
+}
+
+impl DenyPattern {
+    fn parse(pattern: &str) -> Result<DenyPattern> {
+        if pattern.is_empty() {
+            bail!("an empty entry matches nothing");
+        }
+        if pattern.contains('/') {
+            Ok(DenyPattern::Path(path_glob(pattern)?))
+        } else {
+            Ok(DenyPattern::Basename(
+                glob::Pattern::new(pattern).with_context(|| format!("{pattern:?} is not a valid glob"))?,
+            ))
+        }
+    }
+
+    fn matches(&self, basename: &str, paths: &[String]) -> bool {
+        match self {
+            DenyPattern::Basename(p) => p.matches_with(basename, GLOB_OPTIONS),
+            DenyPattern::Path(p) => paths.iter().any(|path| p.matches_with(path, GLOB_OPTIONS)),
+        }
+    }
+}
+
+/// Removes everything under `tree` that matches one of `patterns` (absolute globs, as seen from
+/// `tree`'s root), dropping it from `provenance` too. A pattern that matches nothing is an error
+/// naming `origin` (the file and field it came from): it is a typo or no longer needed. Returns how
+/// many entries were removed.
+pub fn drop_files(tree: &Path, patterns: &[String], provenance: &mut Provenance, origin: &str) -> Result<usize> {
+    let compiled: Vec<glob::Pattern> =
+        patterns.iter().map(|p| path_glob(p).with_context(|| origin.to_string())).collect::<Result<_>>()?;
+    let mut hits = vec![0usize; compiled.len()];
+    let mut doomed: Vec<(PathBuf, bool)> = Vec::new();
+    let mut walk = walkdir::WalkDir::new(tree).min_depth(1).sort_by_file_name().into_iter();
+    while let Some(entry) = walk.next() {
+        let entry = entry.with_context(|| format!("walking {}", tree.display()))?;
+        let rel = entry.path().strip_prefix(tree)?.to_path_buf();
+        let shown = format!("/{}", rel.display());
+        let mut matched = false;
+        for (pattern, count) in compiled.iter().zip(hits.iter_mut()) {
+            if pattern.matches_with(&shown, GLOB_OPTIONS) {
+                *count += 1;
+                matched = true;
+            }
+        }
+        if matched {
+            let is_dir = entry.file_type().is_dir();
+            if is_dir {
+                walk.skip_current_dir();
+            }
+            doomed.push((rel, is_dir));
+        }
+    }
+    if let Some(unused) = hits.iter().position(|&n| n == 0) {
+        bail!("{origin}: {:?} matches nothing in {}; remove the entry", patterns[unused], tree.display());
+    }
+    for (rel, is_dir) in &doomed {
+        let path = tree.join(rel);
+        if *is_dir {
+            fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+        } else {
+            fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+        provenance.retain(|recorded, _| !recorded.starts_with(rel));
+    }
+    Ok(doomed.len())
+}
+
+/// The built-in lists plus the spec's `deny-files`.
+pub struct Policy {
+    deny: Vec<(String, DenyPattern)>,
+}
+
+impl Policy {
+    pub fn from_spec(spec: &ImageSpec) -> Result<Policy> {
+        let deny = spec
+            .deny_files
+            .iter()
+            .map(|p| Ok((p.clone(), DenyPattern::parse(p).with_context(|| format!("deny-files entry {p:?}"))?)))
+            .collect::<Result<_>>()?;
+        Ok(Policy { deny })
+    }
+
+    /// Checks every file and symlink under `tree` (`what` names the layer in the error, e.g. "the
+    /// root filesystem" or "extension iscsi-tools"); fails listing each forbidden file with its origin.
+    /// Paths inside an extension's container root (`/usr/local/lib/containers/<name>/…`) are also
+    /// matched as the service sees them, so a `deny-files` path applies there as well.
+    pub fn check_tree(&self, tree: &Path, what: &str, provenance: &Provenance) -> Result<()> {
+        let mut violations = Vec::new();
+        for entry in walkdir::WalkDir::new(tree).min_depth(1).sort_by_file_name() {
+            let entry = entry.with_context(|| format!("walking {}", tree.display()))?;
+            if entry.file_type().is_dir() {
+                continue;
+            }
+            let rel = entry.path().strip_prefix(tree)?;
+            if let Some(reason) = self.judge(entry.path(), rel, entry.file_type().is_file())? {
+                violations.push(format!("/{} ({}): {reason}", rel.display(), origin(provenance, rel)));
+            }
+        }
+        if violations.is_empty() {
+            return Ok(());
+        }
+        let total = violations.len();
+        let mut listing = violations.into_iter().take(LISTED).collect::<Vec<_>>().join("\n  ");
+        if total > LISTED {
+            listing.push_str(&format!("\n  … and {} more", total - LISTED));
+        }
+        bail!(
+            "{POLICY_NAME}: {what} contains {total} forbidden file{}:\n  {listing}\n\
+             exclude the package (spec `exclude-packages`, or the extension's packages.toml), or remove the \
+             file (`drop-files`)",
+            if total == 1 { "" } else { "s" }
+        )
+    }
+
+    /// Why `path` (at `rel` in its layer) is forbidden, if it is.
+    fn judge(&self, path: &Path, rel: &Path, regular_file: bool) -> Result<Option<String>> {
+        let basename = rel.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if SHELLS.contains(&basename) {
+            return Ok(Some(format!("a shell (`{basename}`)")));
+        }
+        if REMOTE_LOGIN.contains(&basename) {
+            return Ok(Some(format!("an SSH server or client (`{basename}`)")));
+        }
+        if LOGIN.contains(&basename) {
+            return Ok(Some(format!("a login program (`{basename}`)")));
+        }
+        let paths = views(rel);
+        if let Some((pattern, _)) = self.deny.iter().find(|(_, p)| p.matches(basename, &paths)) {
+            return Ok(Some(format!("on the spec's deny-files list ({pattern:?})")));
+        }
+        if regular_file {
+            if let Some(line) = shell_shebang(path)? {
+                return Ok(Some(format!("a script for a shell ({line})")));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// The absolute paths a file is known by: in its layer, and inside an extension's container root.
+fn views(rel: &Path) -> Vec<String> {
+    let mut paths = vec![format!("/{}", rel.display())];
+    if let Ok(inside) = rel.strip_prefix(crate::extensions::CONTAINERS) {
+        let mut parts = inside.components();
+        if parts.next().is_some() {
+            paths.push(format!("/{}", parts.as_path().display()));
+        }
+    }
+    paths
+}
+
+/// Who put `rel` into the tree.
+fn origin(provenance: &Provenance, rel: &Path) -> String {
+    match provenance.get(rel) {
+        Some(label) if label.starts_with("overlay ") => label.clone(),
+        Some(package) => format!("package {package}"),
+        None => "made by xtask".to_string(),
+    }
+}
+
+/// The `#!` line of a script whose interpreter is a shell (directly or through `env`), if `path` is one.
+fn shell_shebang(path: &Path) -> Result<Option<String>> {
+    let mut head = Vec::with_capacity(256);
+    fs::File::open(path)
+        .and_then(|f| f.take(256).read_to_end(&mut head))
+        .with_context(|| format!("reading {}", path.display()))?;
+    if !head.starts_with(b"#!") {
+        return Ok(None);
+    }
+    let line_end = head.iter().position(|&b| b == b'\n').unwrap_or(head.len());
+    let line = String::from_utf8_lossy(&head[..line_end]).trim_end().to_string();
+    let mut words = line[2..].split_whitespace();
+    let Some(interpreter) = words.next() else { return Ok(None) };
+    let base = |word: &str| word.rsplit('/').next().unwrap_or(word).to_string();
+    let mut program = base(interpreter);
+    if program == "env" {
+        // `#!/usr/bin/env [-S] [-i] [NAME=value] program …`
+        program = words.find(|w| !w.starts_with('-') && !w.contains('=')).map(base).unwrap_or_default();
+    }
+    Ok(SHELLS.contains(&program.as_str()).then_some(line))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec_with(deny: &[&str]) -> ImageSpec {
+        let text =
+            format!("name = \"n\"\nversion = \"1\"\nsuite = \"bookworm\"\npackages = [\"a\"]\ndeny-files = {deny:?}\n");
+        toml::from_str(&text).unwrap()
+    }
+
+    #[test]
+    fn kernel_args_are_removed_by_key_or_exactly() {
+        let remove = vec!["console".to_string(), "quiet=1".to_string()];
+        assert!(kernel_arg_removed(&remove, "console=ttyS0"));
+        assert!(kernel_arg_removed(&remove, "console"));
+        assert!(kernel_arg_removed(&remove, "quiet=1"));
+        assert!(!kernel_arg_removed(&remove, "quiet"));
+        assert!(!kernel_arg_removed(&remove, "consoleblank=0"));
+    }
+
+    #[test]
+    fn shells_scripts_and_denied_files_are_named_with_their_origin() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("usr/bin")).unwrap();
+        fs::create_dir_all(root.join("usr/local/lib/containers/x/usr/bin")).unwrap();
+        fs::write(root.join("usr/bin/dash"), b"\x7fELF").unwrap();
+        fs::write(root.join("usr/bin/tool"), b"#!/bin/sh\necho\n").unwrap();
+        fs::write(root.join("usr/bin/envtool"), b"#!/usr/bin/env -S bash -e\n").unwrap();
+        fs::write(root.join("usr/bin/py"), b"#!/usr/bin/python3\n").unwrap();
+        fs::write(root.join("usr/bin/elf"), b"\x7fELF\x02").unwrap();
+        fs::write(root.join("usr/local/lib/containers/x/usr/bin/apt-get"), b"\x7fELF").unwrap();
+        std::os::unix::fs::symlink("dash", root.join("usr/bin/sh")).unwrap();
+        let mut provenance = Provenance::new();
+        provenance.insert(PathBuf::from("usr/bin/dash"), "dash".to_string());
+        provenance.insert(PathBuf::from("usr/bin/tool"), "overlay overlays/base".to_string());
+        let err = Policy::from_spec(&spec_with(&["/usr/bin/apt*"]))
+            .unwrap()
+            .check_tree(root, "the root filesystem", &provenance)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/usr/bin/dash (package dash): a shell (`dash`)"), "{err}");
+        assert!(err.contains("/usr/bin/sh (made by xtask): a shell"), "{err}");
+        assert!(err.contains("/usr/bin/tool (overlay overlays/base): a script for a shell (#!/bin/sh)"), "{err}");
+        assert!(err.contains("/usr/bin/envtool"), "{err}");
+        assert!(err.contains("containers/x/usr/bin/apt-get (made by xtask): on the spec's deny-files"), "{err}");
+        assert!(!err.contains("/usr/bin/py ") && !err.contains("/usr/bin/elf "), "{err}");
+        assert!(err.contains("5 forbidden files"), "{err}");
+    }
+
+    #[test]
+    fn drop_files_removes_matches_and_refuses_unused_patterns() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("usr/share/bash-completion/completions")).unwrap();
+        fs::write(root.join("usr/share/bash-completion/completions/ctr"), "").unwrap();
+        fs::create_dir_all(root.join("usr/sbin")).unwrap();
+        fs::write(root.join("usr/sbin/e2scrub"), "").unwrap();
+        fs::write(root.join("usr/sbin/e2scrub_all"), "").unwrap();
+        fs::write(root.join("usr/sbin/mke2fs"), "").unwrap();
+        let mut provenance = Provenance::new();
+        provenance.insert(PathBuf::from("usr/sbin/e2scrub"), "e2fsprogs".into());
+        let patterns = vec!["/usr/sbin/e2scrub*".to_string(), "/usr/share/bash-completion".to_string()];
+        assert_eq!(drop_files(root, &patterns, &mut provenance, "spec").unwrap(), 3);
+        assert!(root.join("usr/sbin/mke2fs").exists() && !root.join("usr/sbin/e2scrub").exists());
+        assert!(!root.join("usr/share/bash-completion").exists() && provenance.is_empty());
+        let err =
+            drop_files(root, &["/usr/bin/nothing*".to_string()], &mut provenance, "node.toml, field `drop-files`")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("node.toml, field `drop-files`") && err.contains("matches nothing"), "{err}");
+    }
+
+    #[test]
+    fn bad_globs_name_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        let mut spec = spec_with(&[]);
+        spec.drop_files = vec!["usr/bin/x".into()];
+        let err = format!("{:#}", check_spec_fields(&spec, &path).unwrap_err());
+        assert!(err.contains("field `drop-files`") && err.contains("absolute"), "{err}");
+        spec.drop_files.clear();
+        spec.deny_files = vec!["/usr/[bin".into()];
+        let err = format!("{:#}", check_spec_fields(&spec, &path).unwrap_err());
+        assert!(err.contains("field `deny-files`"), "{err}");
+        spec.deny_files.clear();
+        spec.extensions = vec!["Bad Name".into()];
+        assert!(format!("{:#}", check_spec_fields(&spec, &path).unwrap_err()).contains("field `extensions`"));
+    }
+}
