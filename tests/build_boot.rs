@@ -67,6 +67,77 @@ fn check_disk_formats(dir: &Path, base: &str, arch: &str) {
     assert!(unsquash.contains("squashfs-root/usr/lib/os-release"), "root squashfs lacks os-release");
 }
 
+/// What boot-test's report must prove about the running node (boot-test checks these too; the test
+/// pins them so a weakened boot-test cannot pass).
+fn check_node(boot: &serde_json::Value, manifest: &serde_json::Value, arch: &str) {
+    let status = &boot["status"];
+    assert_eq!(status["arch"], arch);
+    assert_eq!(status["version"], manifest["version"]);
+    assert_eq!(status["ready"], true, "{status}");
+    assert!(boot["ready_secs"].as_f64().unwrap() > 0.0);
+
+    // The root: read-only overlayfs of the root squashfs and the extension layers of manifest.json.
+    assert_eq!(status["root_fstype"], "overlay");
+    assert_eq!(status["root_read_only"], true);
+    assert_eq!(status["root_write_errno"], 30);
+    let names = |list: &serde_json::Value| -> Vec<(String, String)> {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["name"].as_str().unwrap().to_string(), e["version"].as_str().unwrap().to_string()))
+            .collect()
+    };
+    let extensions = names(&status["extensions"]);
+    assert_eq!(extensions, names(&manifest["extensions"]));
+    assert!(extensions.iter().any(|(n, _)| n == "qemu-guest-agent"), "{extensions:?}");
+
+    // containerd answers on its socket; services run in their cgroups, the extension's isolated.
+    assert!(!status["containerd"]["version"].as_str().unwrap_or_default().is_empty(), "{}", status["containerd"]);
+    let services = status["services"].as_array().unwrap();
+    for name in ["containerd", "qemu-guest-agent"] {
+        let svc = services.iter().find(|s| s["name"] == name).unwrap_or_else(|| panic!("no service {name}"));
+        assert_eq!(svc["state"], "running", "{svc}");
+        assert_eq!(svc["restarts"], 0, "{svc}");
+        assert_eq!(svc["cgroup"], format!("/system/{name}"), "{svc}");
+    }
+    let agent = services.iter().find(|s| s["name"] == "qemu-guest-agent").unwrap();
+    for ns in ["mnt", "pid", "ipc", "uts"] {
+        assert!(agent["namespaces"].as_array().unwrap().iter().any(|n| n == ns), "{agent}");
+    }
+    assert_eq!(status["cgroups"]["kubepods"], "/sys/fs/cgroup/kubepods");
+
+    // No shell at any path.
+    assert_eq!(status["shells_found"], serde_json::json!([]));
+    assert!(status["shells_checked"].as_u64().unwrap() > 1000, "{}", status["shells_checked"]);
+
+    // The guest agent answered from the host, and runs nothing for it.
+    assert_eq!(boot["guest_agent"]["ping"], true, "{}", boot["guest_agent"]);
+    assert!(!boot["guest_agent"]["version"].as_str().unwrap().is_empty());
+    assert_eq!(boot["guest_agent"]["guest_exec_enabled"], false);
+
+    // /var was the encrypted scratch disk; after power-off its image holds writes but not the marker.
+    assert_eq!(status["scratch"]["fstype"], "ext4", "{}", status["scratch"]);
+    assert!(status["scratch"]["mapped"].as_str().unwrap().starts_with("/dev/dm-"));
+    let scratch = &boot["scratch"];
+    assert_eq!(scratch["marker"], status["scratch"]["marker"]);
+    assert_eq!(scratch["marker_found"], false, "{scratch}");
+    assert_eq!(scratch["marker_prefix_found"], false, "{scratch}");
+    assert!(scratch["nonzero_bytes"].as_u64().unwrap() > 0, "{scratch}");
+
+    // The hardening arguments are on the running kernel's command line.
+    let cmdline: Vec<&str> = status["cmdline"].as_str().unwrap().split_whitespace().collect();
+    let mut hardening = vec!["slab_nomerge", "init_on_free=1", "module.sig_enforce=1"];
+    if arch == "amd64" {
+        hardening.push("pti=on");
+    }
+    for arg in hardening {
+        assert!(cmdline.contains(&arg), "{arg} missing from {cmdline:?}");
+    }
+    for arg in manifest["cmdline"].as_str().unwrap().split_whitespace() {
+        assert!(cmdline.contains(&arg), "{arg} (from manifest.json) missing from {cmdline:?}");
+    }
+}
+
 fn build_check_and_boot(arch: &str) {
     host_tools();
     let _heavy = heavy();
@@ -92,13 +163,12 @@ fn build_check_and_boot(arch: &str) {
 
     let stdout = succeeds(xtask().args(["--json", "--out-dir"]).arg(out.path()).args(["boot-test", "--arch", arch]));
     let boot: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(boot["status"]["arch"], arch);
-    assert_eq!(boot["status"]["root_fstype"], "squashfs");
-    assert_eq!(boot["status"]["root_read_only"], true);
-    assert_eq!(boot["status"]["version"], manifest["version"]);
-    assert!(boot["ready_secs"].as_f64().unwrap() > 0.0);
+    check_node(&boot, &manifest, arch);
     let log = std::fs::read_to_string(dir.join("boot.log")).unwrap();
-    assert!(log.contains("MACHINED-STATUS") && log.contains("MACHINED-SHUTDOWN"), "boot.log:\n{log}");
+    for line in ["MACHINED-STATUS", "MACHINED-SHUTDOWN", "MACHINED-SCRATCH-CLOSED"] {
+        assert!(log.contains(line), "boot.log lacks {line}:\n{log}");
+    }
+    assert!(log.contains("[containerd] "), "containerd's output is not on the console:\n{log}");
 
     // Nothing changed: nothing is downloaded, and the outputs are the same bytes.
     let stdout = succeeds(xtask().args(["--json", "--out-dir"]).arg(out.path()).args(["build-image", "--arch", arch]));
@@ -217,17 +287,7 @@ fn failing_boot_and_timeout_fail_boot_test_with_the_console_tail() {
     let tmp = tempfile::tempdir().unwrap();
     // A board without the loop module: machined cannot attach /rootfs.sqsh and must say so.
     let text = std::fs::read_to_string(repo_root().join("boards/qemu-amd64.toml")).unwrap();
-    let broken: String = text
-        .lines()
-        .map(|l| {
-            if l.starts_with("boot-modules") {
-                l.replace("\"loop\", ", "").replace(", \"loop\"", "")
-            } else {
-                l.into()
-            }
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let broken = text.replacen("\"loop\", ", "", 1);
     assert_ne!(broken, text, "the board's boot-modules line no longer names loop");
     let boards = tmp.path().join("boards");
     std::fs::create_dir(&boards).unwrap();

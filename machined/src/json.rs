@@ -104,6 +104,20 @@ impl Object {
         self
     }
 
+    /// An array of objects.
+    pub fn objects(mut self, key: &str, values: Vec<Object>) -> Self {
+        let out = self.key(key);
+        out.push('[');
+        for (i, v) in values.into_iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&v.finish());
+        }
+        out.push(']');
+        self
+    }
+
     pub fn object(mut self, key: &str, value: Object) -> Self {
         let s = value.finish();
         self.key(key).push_str(&s);
@@ -156,10 +170,12 @@ mod tests {
             .str_array::<&str>("empty", &[])
             .object("o", inner)
             .object("eo", Object::new())
+            .objects("ao", vec![Object::new().u64("i", 1), Object::new()])
+            .objects("eao", Vec::new())
             .finish();
         assert_eq!(
             s,
-            r#"{"s":"v","none":null,"some":"q\"","t":true,"f":false,"e":-30,"n":null,"a":["x","y\\"],"empty":[],"o":{"x":1,"y":18446744073709551615},"eo":{}}"#
+            r#"{"s":"v","none":null,"some":"q\"","t":true,"f":false,"e":-30,"n":null,"a":["x","y\\"],"empty":[],"o":{"x":1,"y":18446744073709551615},"eo":{},"ao":[{"i":1},{}],"eao":[]}"#
         );
     }
 

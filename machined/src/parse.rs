@@ -98,6 +98,10 @@ pub fn signal_name(signo: u32) -> String {
     match signo {
         1 => "SIGHUP".to_string(),
         2 => "SIGINT".to_string(),
+        6 => "SIGABRT".to_string(),
+        9 => "SIGKILL".to_string(),
+        11 => "SIGSEGV".to_string(),
+        13 => "SIGPIPE".to_string(),
         10 => "SIGUSR1".to_string(),
         12 => "SIGUSR2".to_string(),
         15 => "SIGTERM".to_string(),
@@ -118,9 +122,452 @@ pub fn debian_arch() -> &'static str {
     }
 }
 
+/// The value of the last `key=value` word on the kernel command line.
+pub fn cmdline_value(cmdline: &str, key: &str) -> Option<String> {
+    cmdline
+        .split_whitespace()
+        .filter_map(|w| w.split_once('=').filter(|(k, _)| *k == key).map(|(_, v)| v.to_string()))
+        .next_back()
+}
+
+/// Whether `s` is a safe name for an extension or service: used in paths, cgroup names and mount
+/// options, so only ASCII letters, digits, '-', '_' and '.' (not leading).
+pub fn is_safe_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with('.')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+}
+
+/// An absolute path without `..`, `.` or empty components, and without characters that would
+/// break a mount option list (`,` and `:`) or a line-based file.
+pub fn is_clean_abs_path(p: &str) -> bool {
+    p.starts_with('/')
+        && !p.contains(|c: char| c == ',' || c == ':' || c.is_whitespace() || c.is_control())
+        && (p == "/" || p[1..].split('/').all(|c| !c.is_empty() && c != "." && c != ".."))
+}
+
+/// One line of /etc/machined/extensions: a squashfs layer to mount over the root, in mount order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExtensionLayer {
+    pub name: String,
+    pub version: String,
+    pub image: String,
+}
+
+/// Parses /etc/machined/extensions: `<name> <version> <image path>` per line; blank lines and `#`
+/// comments skipped. Names must be unique and safe; images absolute paths.
+pub fn extension_list(text: &str) -> Result<Vec<ExtensionLayer>, String> {
+    let mut layers: Vec<ExtensionLayer> = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let at = index + 1;
+        if fields.len() != 3 {
+            return Err(format!("line {at}: expected `<name> <version> <image>`, found {} fields", fields.len()));
+        }
+        let (name, version, image) = (fields[0], fields[1], fields[2]);
+        if !is_safe_name(name) {
+            return Err(format!("line {at}: extension name {name:?} must be ASCII letters, digits, '-', '_', '.'"));
+        }
+        if version.chars().any(|c| c.is_control()) {
+            return Err(format!("line {at}: extension {name}: version has control characters"));
+        }
+        if !is_clean_abs_path(image) {
+            return Err(format!("line {at}: extension {name}: image {image:?} is not a clean absolute path"));
+        }
+        if layers.iter().any(|l| l.name == name) {
+            return Err(format!("line {at}: extension {name} is listed twice"));
+        }
+        layers.push(ExtensionLayer { name: name.to_string(), version: version.to_string(), image: image.to_string() });
+    }
+    Ok(layers)
+}
+
+/// What a service does when its process exits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Restart {
+    Always,
+    Never,
+}
+
+/// A `bind=<src>:<dst>[:rw|:ro]` line: `src` of the node mounted at `dst` in the service's root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bind {
+    pub src: String,
+    pub dst: String,
+    pub rw: bool,
+}
+
+/// A service machined supervises.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceSpec {
+    pub name: String,
+    /// The service's own root; `/` means it runs in the node's root and namespaces (containerd).
+    pub root: String,
+    pub entrypoint: String,
+    pub args: Vec<String>,
+    pub depends_paths: Vec<String>,
+    pub restart: Restart,
+    pub binds: Vec<Bind>,
+}
+
+/// Where extension services must keep their roots (as in Talos).
+pub const EXTENSION_SERVICE_ROOTS: &str = "/usr/local/lib/containers/";
+
+/// Parses an extension service file (`/usr/local/etc/containers/<name>.machined`): `key=value` lines,
+/// keys name, root, entrypoint, arg (repeated), depends-path (repeated), restart, bind (repeated).
+/// Unknown keys and unsafe paths are errors naming the line.
+pub fn service_spec(text: &str) -> Result<ServiceSpec, String> {
+    let mut name = None;
+    let mut root = None;
+    let mut entrypoint = None;
+    let mut restart = None;
+    let mut args = Vec::new();
+    let mut depends_paths = Vec::new();
+    let mut binds = Vec::new();
+    for (index, raw) in text.lines().enumerate() {
+        let at = index + 1;
+        let line = raw.trim_end_matches('\r');
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        let (key, value) = line.split_once('=').ok_or_else(|| format!("line {at}: expected key=value"))?;
+        let key = key.trim();
+        let once = |slot: &mut Option<String>, value: &str| -> Result<(), String> {
+            if slot.is_some() {
+                return Err(format!("line {at}: {key} given twice"));
+            }
+            *slot = Some(value.to_string());
+            Ok(())
+        };
+        match key {
+            "name" => once(&mut name, value)?,
+            "root" => once(&mut root, value)?,
+            "entrypoint" => once(&mut entrypoint, value)?,
+            "restart" => {
+                let policy = match value {
+                    "always" => Restart::Always,
+                    "never" => Restart::Never,
+                    _ => return Err(format!("line {at}: restart={value:?}: expected always or never")),
+                };
+                if restart.replace(policy).is_some() {
+                    return Err(format!("line {at}: restart given twice"));
+                }
+            }
+            "arg" => args.push(value.to_string()),
+            "depends-path" => {
+                if !is_clean_abs_path(value) {
+                    return Err(format!("line {at}: depends-path {value:?} is not a clean absolute path"));
+                }
+                depends_paths.push(value.to_string());
+            }
+            "bind" => {
+                let parts: Vec<&str> = value.split(':').collect();
+                let rw = match parts.get(2) {
+                    None | Some(&"ro") => false,
+                    Some(&"rw") => true,
+                    Some(other) => return Err(format!("line {at}: bind option {other:?}: expected rw or ro")),
+                };
+                if parts.len() < 2 || parts.len() > 3 {
+                    return Err(format!("line {at}: bind={value:?}: expected <src>:<dst>[:rw]"));
+                }
+                for p in &parts[..2] {
+                    if !is_clean_abs_path(p) {
+                        return Err(format!("line {at}: bind path {p:?} is not a clean absolute path"));
+                    }
+                }
+                if parts[1] == "/" {
+                    return Err(format!("line {at}: bind onto / would replace the service's root"));
+                }
+                binds.push(Bind { src: parts[0].to_string(), dst: parts[1].to_string(), rw });
+            }
+            _ => return Err(format!("line {at}: unknown key {key:?}")),
+        }
+    }
+    let name = name.ok_or("no name=")?;
+    if !is_safe_name(&name) {
+        return Err(format!("name={name:?} must be ASCII letters, digits, '-', '_', '.'"));
+    }
+    let root = root.ok_or("no root=")?;
+    if !is_clean_abs_path(&root) || !root.starts_with(EXTENSION_SERVICE_ROOTS) {
+        return Err(format!("root={root:?} must be a clean path under {EXTENSION_SERVICE_ROOTS}"));
+    }
+    let entrypoint = entrypoint.ok_or("no entrypoint=")?;
+    if !is_clean_abs_path(&entrypoint) {
+        return Err(format!("entrypoint={entrypoint:?} must be a clean absolute path inside the root"));
+    }
+    Ok(ServiceSpec { name, root, entrypoint, args, depends_paths, restart: restart.unwrap_or(Restart::Always), binds })
+}
+
+/// Delay before restarting a service after `failures` consecutive quick exits (1-based): 1 s,
+/// doubling, at most 30 s.
+pub fn restart_backoff(failures: u32) -> std::time::Duration {
+    let secs = 1u64 << failures.saturating_sub(1).min(5);
+    std::time::Duration::from_secs(secs.min(30))
+}
+
+/// File names of command interpreters a shell-less image must not contain.
+pub const SHELL_NAMES: [&str; 19] = [
+    "sh", "bash", "rbash", "dash", "ash", "ksh", "ksh93", "mksh", "pdksh", "lksh", "zsh", "csh", "tcsh", "fish",
+    "yash", "posh", "busybox", "toybox", "nu",
+];
+
+pub fn is_shell_name(name: &str) -> bool {
+    SHELL_NAMES.contains(&name)
+}
+
+/// Whether the start of a disk holds a GPT header ("EFI PART" in LBA 1, for 512- or 4096-byte sectors).
+pub fn has_gpt_header(head: &[u8]) -> bool {
+    [512usize, 4096].iter().any(|&at| head.get(at..at + 8) == Some(&b"EFI PART"[..]))
+}
+
+/// (major, minor) from the kernel's huge_encode_dev() form used by device-mapper's `dev` field.
+pub fn decode_dev(dev: u64) -> (u32, u32) {
+    let major = ((dev >> 8) & 0xfff) as u32;
+    let minor = ((dev & 0xff) | ((dev >> 12) & 0xfff00)) as u32;
+    (major, minor)
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Splits a child's output into lines and prefixes each, e.g. `[containerd] `. Partial lines wait for
+/// their end; overlong ones are cut so a chatty child cannot grow machined's memory.
+#[derive(Default)]
+pub struct LineBuffer {
+    pending: Vec<u8>,
+}
+
+pub const MAX_LINE: usize = 4096;
+
+impl LineBuffer {
+    /// Appends `data` and moves every complete line, prefixed, to `out`.
+    pub fn push(&mut self, data: &[u8], prefix: &str, out: &mut Vec<u8>) {
+        self.pending.extend_from_slice(data);
+        let mut start = 0;
+        while let Some(nl) = self.pending[start..].iter().position(|&b| b == b'\n') {
+            Self::emit(&self.pending[start..start + nl], prefix, out);
+            start += nl + 1;
+        }
+        self.pending.drain(..start);
+        while self.pending.len() >= MAX_LINE {
+            let rest = self.pending.split_off(MAX_LINE);
+            Self::emit(&self.pending, prefix, out);
+            self.pending = rest;
+        }
+    }
+
+    /// Emits what is left (the child closed its output without a final newline).
+    pub fn flush(&mut self, prefix: &str, out: &mut Vec<u8>) {
+        if !self.pending.is_empty() {
+            Self::emit(&self.pending, prefix, out);
+            self.pending.clear();
+        }
+    }
+
+    fn emit(line: &[u8], prefix: &str, out: &mut Vec<u8>) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        out.extend_from_slice(prefix.as_bytes());
+        out.extend_from_slice(line);
+        out.push(b'\n');
+    }
+}
+
+/// Mount points at or below `dir` in /proc/self/mounts text, deepest (last mounted) first, with the
+/// kernel's octal escapes (`\040` for a space) decoded.
+pub fn mounts_under(mounts: &str, dir: &str) -> Vec<String> {
+    let mut found: Vec<String> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1))
+        .map(unescape_mount_path)
+        .filter(|t| t == dir || t.starts_with(&format!("{}/", dir.trim_end_matches('/'))))
+        .collect();
+    found.reverse();
+    found
+}
+
+fn unescape_mount_path(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+            let v = (bytes[i + 1] - b'0') as u32 * 64 + (bytes[i + 2] - b'0') as u32 * 8 + (bytes[i + 3] - b'0') as u32;
+            out.push(v as u8);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cmdline_values() {
+        let cl = "a=1 machined.scratch-serial=one b machined.scratch-serial=two x=";
+        assert_eq!(cmdline_value(cl, "machined.scratch-serial").as_deref(), Some("two"));
+        assert_eq!(cmdline_value(cl, "x").as_deref(), Some(""));
+        assert_eq!(cmdline_value(cl, "b"), None);
+        assert_eq!(cmdline_value(cl, "machined.scratch"), None);
+    }
+
+    #[test]
+    fn extension_list_parses_and_rejects() {
+        let text = "# layers\nqemu-guest-agent 8.0.0 /extensions/qemu-guest-agent.sqsh\n\n iscsi-tools 2.1.8-1 /extensions/iscsi-tools.sqsh \n";
+        let layers = extension_list(text).unwrap();
+        assert_eq!(layers.len(), 2);
+        assert_eq!(
+            layers[0],
+            ExtensionLayer {
+                name: "qemu-guest-agent".into(),
+                version: "8.0.0".into(),
+                image: "/extensions/qemu-guest-agent.sqsh".into()
+            }
+        );
+        assert_eq!(layers[1].version, "2.1.8-1");
+        assert_eq!(extension_list("").unwrap(), vec![]);
+        assert!(extension_list("a 1\n").unwrap_err().contains("line 1"));
+        assert!(extension_list("a 1 /x\na 2 /y\n").unwrap_err().contains("twice"));
+        assert!(extension_list("../a 1 /x\n").is_err());
+        assert!(extension_list("a 1 x.sqsh\n").is_err());
+        assert!(extension_list("a 1 /ext/../x\n").is_err());
+        assert!(extension_list("a 1 /e,x\n").is_err());
+    }
+
+    #[test]
+    fn service_spec_parses_every_key() {
+        let text = "# qemu-ga\nname=qemu-guest-agent\nroot=/usr/local/lib/containers/qemu-guest-agent\n\
+                    entrypoint=/usr/sbin/qemu-ga\narg=-m\narg=virtio-serial\narg=\n\
+                    depends-path=/dev/virtio-ports/org.qemu.guest_agent.0\nrestart=always\n\
+                    bind=/dev:/dev\nbind=/run:/run:rw\nbind=/sys:/sys:ro\n";
+        let spec = service_spec(text).unwrap();
+        assert_eq!(spec.name, "qemu-guest-agent");
+        assert_eq!(spec.root, "/usr/local/lib/containers/qemu-guest-agent");
+        assert_eq!(spec.entrypoint, "/usr/sbin/qemu-ga");
+        assert_eq!(spec.args, vec!["-m", "virtio-serial", ""]);
+        assert_eq!(spec.depends_paths, vec!["/dev/virtio-ports/org.qemu.guest_agent.0"]);
+        assert_eq!(spec.restart, Restart::Always);
+        assert_eq!(
+            spec.binds,
+            vec![
+                Bind { src: "/dev".into(), dst: "/dev".into(), rw: false },
+                Bind { src: "/run".into(), dst: "/run".into(), rw: true },
+                Bind { src: "/sys".into(), dst: "/sys".into(), rw: false },
+            ]
+        );
+    }
+
+    #[test]
+    fn service_spec_rejects_bad_input() {
+        let base = "name=x\nroot=/usr/local/lib/containers/x\nentrypoint=/bin/x\n";
+        assert!(service_spec(base).is_ok());
+        assert_eq!(service_spec(base).unwrap().restart, Restart::Always);
+        let bad = |extra: &str| service_spec(&format!("{base}{extra}")).unwrap_err();
+        assert!(bad("colour=red\n").contains("line 4: unknown key \"colour\""));
+        assert!(bad("restart=sometimes\n").contains("line 4"));
+        assert!(bad("bind=/dev\n").contains("line 4"));
+        assert!(bad("bind=/dev:/\n").contains("replace"));
+        assert!(bad("bind=/a:/b:rx\n").contains("rx"));
+        assert!(bad("bind=../a:/b\n").contains("clean"));
+        assert!(bad("name=y\n").contains("twice"));
+        assert!(bad("depends-path=dev/x\n").contains("depends-path"));
+        assert!(bad("no equals sign\n").contains("key=value"));
+        assert!(service_spec("name=x\nroot=/\nentrypoint=/bin/x\n").unwrap_err().contains("root"));
+        assert!(service_spec("name=x\nroot=/usr/local/lib/containers/../../x\nentrypoint=/x\n").is_err());
+        assert!(service_spec("root=/usr/local/lib/containers/x\nentrypoint=/x\n").unwrap_err().contains("name"));
+        assert!(service_spec("name=a/b\nroot=/usr/local/lib/containers/x\nentrypoint=/x\n").is_err());
+        assert!(service_spec("name=x\nroot=/usr/local/lib/containers/x\nentrypoint=x\n").is_err());
+    }
+
+    #[test]
+    fn clean_paths() {
+        assert!(is_clean_abs_path("/"));
+        assert!(is_clean_abs_path("/dev/virtio-ports/org.qemu.guest_agent.0"));
+        for p in ["", "dev", "/a//b", "/a/./b", "/a/../b", "/a/", "/a b", "/a:b", "/a,b"] {
+            assert!(!is_clean_abs_path(p), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_to_thirty_seconds() {
+        let secs: Vec<u64> = (1..=8).map(|n| restart_backoff(n).as_secs()).collect();
+        assert_eq!(secs, vec![1, 2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(restart_backoff(0).as_secs(), 1);
+        assert_eq!(restart_backoff(u32::MAX).as_secs(), 30);
+    }
+
+    #[test]
+    fn shell_names() {
+        for s in ["sh", "bash", "dash", "busybox", "zsh"] {
+            assert!(is_shell_name(s));
+        }
+        for s in ["shim", "bash-completion", "zsh-vendor", "ctr", "sha256sum"] {
+            assert!(!is_shell_name(s));
+        }
+    }
+
+    #[test]
+    fn gpt_headers_are_found_at_either_sector_size() {
+        let mut head = vec![0u8; 8192];
+        assert!(!has_gpt_header(&head));
+        head[512..520].copy_from_slice(b"EFI PART");
+        assert!(has_gpt_header(&head));
+        let mut head4k = vec![0u8; 8192];
+        head4k[4096..4104].copy_from_slice(b"EFI PART");
+        assert!(has_gpt_header(&head4k));
+        assert!(!has_gpt_header(&head4k[..4100]));
+    }
+
+    #[test]
+    fn device_numbers_decode() {
+        assert_eq!(decode_dev(253 << 8), (253, 0));
+        assert_eq!(decode_dev((253 << 8) | 5), (253, 5));
+        // minor 0x1234: low byte in bits 0-7, the rest shifted up by 12.
+        assert_eq!(decode_dev((254 << 8) | 0x34 | (0x1200 << 12)), (254, 0x1234));
+    }
+
+    #[test]
+    fn hex_is_lowercase() {
+        assert_eq!(hex(&[0, 0xab, 0x0f]), "00ab0f");
+    }
+
+    #[test]
+    fn line_buffer_prefixes_complete_lines() {
+        let mut buf = LineBuffer::default();
+        let mut out = Vec::new();
+        buf.push(b"one\ntw", "[s] ", &mut out);
+        assert_eq!(out, b"[s] one\n");
+        buf.push(b"o\r\n\nthree", "[s] ", &mut out);
+        assert_eq!(out, b"[s] one\n[s] two\n[s] \n");
+        buf.flush("[s] ", &mut out);
+        assert_eq!(out, b"[s] one\n[s] two\n[s] \n[s] three\n");
+        out.clear();
+        buf.flush("[s] ", &mut out);
+        assert!(out.is_empty());
+        buf.push(&vec![b'x'; MAX_LINE * 2 + 10], "", &mut out);
+        assert_eq!(out.len(), 2 * (MAX_LINE + 1));
+        buf.flush("", &mut out);
+        assert_eq!(out.len(), 2 * (MAX_LINE + 1) + 11);
+    }
+
+    #[test]
+    fn mounts_below_a_directory_deepest_first() {
+        let mounts = "/dev/loop0 / squashfs ro 0 0\n/dev/dm-0 /var ext4 rw 0 0\nshm /var/lib/a\\040b tmpfs rw 0 0\n\
+                      tmpfs /variable tmpfs rw 0 0\ntmpfs /var/lib/c tmpfs rw 0 0\n";
+        assert_eq!(mounts_under(mounts, "/var"), vec!["/var/lib/c", "/var/lib/a b", "/var"]);
+        assert!(mounts_under(mounts, "/srv").is_empty());
+    }
 
     #[test]
     fn os_release_values_are_unquoted() {

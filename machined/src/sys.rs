@@ -5,7 +5,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::raw::{c_char, c_int, c_long, c_short, c_ulong, c_void};
+use std::os::raw::{c_char, c_int, c_long, c_short, c_uint, c_ulong, c_void};
 
 #[repr(C)]
 pub struct timespec {
@@ -53,13 +53,35 @@ extern "C" {
     pub fn dup2(old: c_int, new: c_int) -> c_int;
     pub fn close(fd: c_int) -> c_int;
     pub fn write(fd: c_int, buf: *const c_void, count: usize) -> isize;
+    pub fn unshare(flags: c_int) -> c_int;
+    pub fn setns(fd: c_int, nstype: c_int) -> c_int;
+    pub fn sethostname(name: *const c_char, len: usize) -> c_int;
+    pub fn umount2(target: *const c_char, flags: c_int) -> c_int;
+    pub fn pipe2(fds: *mut c_int, flags: c_int) -> c_int;
+    pub fn fcntl(fd: c_int, cmd: c_int, ...) -> c_int;
+    pub fn getrandom(buf: *mut c_void, len: usize, flags: c_uint) -> isize;
+    pub fn setsid() -> c_int;
 }
 
 pub const MS_RDONLY: c_ulong = 1;
 pub const MS_NOSUID: c_ulong = 2;
 pub const MS_NODEV: c_ulong = 4;
 pub const MS_NOEXEC: c_ulong = 8;
+pub const MS_REMOUNT: c_ulong = 32;
+pub const MS_BIND: c_ulong = 4096;
 pub const MS_MOVE: c_ulong = 8192;
+pub const MS_REC: c_ulong = 16384;
+pub const MS_PRIVATE: c_ulong = 1 << 18;
+
+pub const MNT_DETACH: c_int = 2;
+
+pub const CLONE_NEWNS: c_int = 0x0002_0000;
+pub const CLONE_NEWUTS: c_int = 0x0400_0000;
+pub const CLONE_NEWIPC: c_int = 0x0800_0000;
+pub const CLONE_NEWPID: c_int = 0x2000_0000;
+
+pub const F_GETFL: c_int = 3;
+pub const F_SETFL: c_int = 4;
 
 pub const O_RDWR: c_int = 2;
 pub const O_NOCTTY: c_int = 0o400;
@@ -103,6 +125,11 @@ pub const LO_FLAGS_READ_ONLY: u32 = 1;
 pub const SYS_FINIT_MODULE: c_long = 313;
 #[cfg(target_arch = "aarch64")]
 pub const SYS_FINIT_MODULE: c_long = 273;
+/// pivot_root(2) has no glibc wrapper.
+#[cfg(target_arch = "x86_64")]
+pub const SYS_PIVOT_ROOT: c_long = 155;
+#[cfg(target_arch = "aarch64")]
+pub const SYS_PIVOT_ROOT: c_long = 41;
 
 pub const EEXIST: i32 = 17;
 pub const EBUSY: i32 = 16;
@@ -216,4 +243,58 @@ pub fn write_all_fd(fd: c_int, mut buf: &[u8]) -> io::Result<()> {
         buf = &buf[n as usize..];
     }
     Ok(())
+}
+
+/// Fills `buf` from the kernel's CSPRNG (getrandom(2), blocking until it is seeded).
+pub fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        // SAFETY: rest is a live, writable byte slice of the given length.
+        let n = unsafe { getrandom(rest.as_mut_ptr() as *mut c_void, rest.len(), 0) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(EINTR) {
+                continue;
+            }
+            return Err(err);
+        }
+        filled += n as usize;
+    }
+    Ok(())
+}
+
+/// Overwrites `buf` with zeros in a way the optimiser cannot drop (for key material).
+pub fn wipe(buf: &mut [u8]) {
+    for b in buf.iter_mut() {
+        // SAFETY: b is a valid, aligned, writable byte.
+        unsafe { std::ptr::write_volatile(b, 0) };
+    }
+    std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
+}
+
+/// umount2(2) with a Rust path.
+pub fn do_umount(target: &str, flags: c_int) -> io::Result<()> {
+    let target = cstr(target);
+    // SAFETY: target is NUL-terminated.
+    check(unsafe { umount2(target.as_ptr(), flags) }).map(drop)
+}
+
+/// A pipe whose both ends are close-on-exec, as (read end, write end); the read end is non-blocking.
+pub fn pipe() -> io::Result<(std::fs::File, std::fs::File)> {
+    use std::os::unix::io::FromRawFd;
+    let mut fds = [0 as c_int; 2];
+    // SAFETY: fds has room for the two descriptors.
+    check(unsafe { pipe2(fds.as_mut_ptr(), O_CLOEXEC) })?;
+    // SAFETY: both descriptors are fresh and owned by nobody else.
+    let (read, write) = unsafe { (std::fs::File::from_raw_fd(fds[0]), std::fs::File::from_raw_fd(fds[1])) };
+    set_nonblocking(fds[0])?;
+    Ok((read, write))
+}
+
+pub fn set_nonblocking(fd: c_int) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own; F_GETFL/F_SETFL take and return plain ints.
+    let flags = check(unsafe { fcntl(fd, F_GETFL) })?;
+    // SAFETY: as above.
+    check(unsafe { fcntl(fd, F_SETFL, flags | O_NONBLOCK) }).map(drop)
 }

@@ -29,7 +29,16 @@ pub fn heavy() -> MutexGuard<'static, ()> {
 
 pub fn xtask() -> Command {
     let mut cmd = Command::cargo_bin("xtask").unwrap();
-    cmd.env_remove("XTASK_OUT_DIR").env_remove("XTASK_SPEC").env_remove("XTASK_DEBIAN_MIRROR");
+    for var in [
+        "XTASK_OUT_DIR",
+        "XTASK_SPEC",
+        "XTASK_DEBIAN_MIRROR",
+        "XTASK_OVERLAYS_DIR",
+        "XTASK_BOARDS_DIR",
+        "XTASK_SIGNING_KEY",
+    ] {
+        cmd.env_remove(var);
+    }
     cmd
 }
 

@@ -38,8 +38,27 @@ fn disk_format(disk: &Path) -> &'static str {
     }
 }
 
+/// What a node boot adds to the board's machine (bench's floor boot adds nothing).
+#[derive(Clone, Debug, Default)]
+pub struct NodeDevices {
+    /// A raw disk image attached as a virtio disk with this serial: the board's scratch disk.
+    pub scratch_disk: Option<(PathBuf, String)>,
+    /// Host end (a unix socket QEMU listens on) of the virtio-serial port `org.qemu.guest_agent.0`.
+    pub guest_agent_socket: Option<PathBuf>,
+    /// A virtio entropy source, as cloud VMs have: the firmware hands the kernel a seed from it and
+    /// the node's random pool is ready at once (machined draws the scratch key from it).
+    pub rng: bool,
+}
+
+/// The virtio-serial port name the QEMU guest agent opens.
+pub const GUEST_AGENT_PORT: &str = "org.qemu.guest_agent.0";
+
 impl Machine<'_> {
     pub fn command(&self) -> Cmd {
+        self.command_with(&NodeDevices::default())
+    }
+
+    pub fn command_with(&self, devices: &NodeDevices) -> Cmd {
         let b = &self.board.file;
         let mut c = cmd(&b.qemu.binary).arg("-machine").arg(format!("{},accel={}", b.qemu.machine, self.accel)).args([
             "-m",
@@ -50,7 +69,8 @@ impl Machine<'_> {
         if let Some(cpu) = &b.qemu.cpu {
             c = c.args(["-cpu", cpu]);
         }
-        c.args(["-nodefaults", "-display", "none", "-no-reboot", "-no-user-config"])
+        c = c
+            .args(["-nodefaults", "-display", "none", "-no-reboot", "-no-user-config"])
             .arg("-serial")
             .arg(format!("file:{}", self.serial_log.display()))
             .arg("-qmp")
@@ -61,19 +81,41 @@ impl Machine<'_> {
             .arg(format!("if=pflash,format=raw,unit=1,snapshot=on,file={}", b.firmware.vars.display()))
             .arg("-drive")
             .arg(format!("if=none,id=boot,format={},snapshot=on,file={}", disk_format(self.disk), self.disk.display()))
-            .args(["-device", "virtio-blk-pci,drive=boot,bootindex=0"])
+            .args(["-device", "virtio-blk-pci,drive=boot,bootindex=0"]);
+        if let Some((image, serial)) = &devices.scratch_disk {
+            c = c
+                .arg("-drive")
+                .arg(format!("if=none,id=scratch,format=raw,file={}", image.display()))
+                .arg("-device")
+                .arg(format!("virtio-blk-pci,drive=scratch,serial={serial}"));
+        }
+        if devices.rng {
+            c = c.args(["-device", "virtio-rng-pci"]);
+        }
+        if let Some(socket) = &devices.guest_agent_socket {
+            c = c
+                .args(["-device", "virtio-serial-pci,id=vser0", "-chardev"])
+                .arg(format!("socket,id=qga0,path={},server=on,wait=off", socket.display()))
+                .args(["-device", &format!("virtserialport,bus=vser0.0,chardev=qga0,name={GUEST_AGENT_PORT}")]);
+        }
+        c
     }
 
     /// Starts QEMU; its own stderr goes to `<serial_log>.qemu-stderr`.
     pub fn start(&self) -> Result<(Running, PathBuf)> {
-        for stale in [&self.serial_log, &self.qmp_socket] {
+        self.start_with(&NodeDevices::default())
+    }
+
+    /// Starts QEMU with the node's extra devices.
+    pub fn start_with(&self, devices: &NodeDevices) -> Result<(Running, PathBuf)> {
+        for stale in [&self.serial_log, &self.qmp_socket].into_iter().chain(&devices.guest_agent_socket) {
             let _ = std::fs::remove_file(stale);
         }
         std::fs::File::create(&self.serial_log).with_context(|| format!("creating {}", self.serial_log.display()))?;
         let stderr_path = self.serial_log.with_extension("qemu-stderr");
         let stderr = std::fs::File::create(&stderr_path)?;
         let stdout = stderr.try_clone()?;
-        Ok((self.command().spawn(stdout, stderr)?, stderr_path))
+        Ok((self.command_with(devices).spawn(stdout, stderr)?, stderr_path))
     }
 }
 
@@ -182,5 +224,93 @@ impl Qmp {
                 bail!("QMP {command} failed: {error}");
             }
         }
+    }
+}
+
+/// A QEMU guest agent connection: line-delimited JSON over the host end of its virtio-serial port.
+/// The port carries whatever an earlier client left half-read, and QEMU drops what the host writes
+/// while the agent has not opened its end, so every exchange starts with `guest-sync` (a fresh id,
+/// echoed back once the agent is really listening), resent until answered.
+pub struct GuestAgent {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    next_id: u64,
+}
+
+impl GuestAgent {
+    /// Connects to the socket QEMU listens on (it exists once QEMU has started).
+    pub fn connect(socket: &Path, limit: Duration) -> Result<GuestAgent> {
+        let start = Instant::now();
+        let stream = loop {
+            match UnixStream::connect(socket) {
+                Ok(s) => break s,
+                Err(e) if start.elapsed() > limit => {
+                    return Err(e).with_context(|| format!("connecting to the guest agent socket {}", socket.display()))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        // Seeded from the clock so ids differ between runs (a stale reply cannot match).
+        let seed =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+        Ok(GuestAgent { reader: BufReader::new(stream.try_clone()?), writer: stream, next_id: seed % 1_000_000_000 })
+    }
+
+    /// Resynchronises: sends guest-sync with a fresh id until the agent echoes it, within `limit`.
+    pub fn sync(&mut self, limit: Duration) -> Result<()> {
+        let start = Instant::now();
+        let mut last = String::from("no answer");
+        while start.elapsed() < limit {
+            self.next_id += 1;
+            let id = self.next_id;
+            let request = serde_json::json!({"execute": "guest-sync", "arguments": {"id": id}});
+            writeln!(self.writer, "{request}").context("writing to the guest agent")?;
+            let attempt = Instant::now();
+            self.writer.set_read_timeout(Some(Duration::from_millis(500)))?;
+            while attempt.elapsed() < Duration::from_secs(2) {
+                match self.read_message() {
+                    Ok(Some(message)) if message.get("return").and_then(|r| r.as_u64()) == Some(id) => return Ok(()),
+                    Ok(Some(message)) => last = format!("unexpected reply {message}"),
+                    Ok(None) => {}
+                    Err(e) => {
+                        last = format!("{e:#}");
+                        break;
+                    }
+                }
+            }
+        }
+        bail!("the guest agent did not answer guest-sync within {} s ({last})", limit.as_secs())
+    }
+
+    /// One line: Ok(None) on a read timeout or a line that is not JSON (stale bytes, or the 0xFF an
+    /// agent sends to delimit a resynchronisation).
+    fn read_message(&mut self) -> Result<Option<serde_json::Value>> {
+        let mut line = Vec::new();
+        match self.reader.read_until(b'\n', &mut line) {
+            Ok(0) => bail!("the guest agent socket was closed"),
+            Ok(_) => {
+                let start = line.iter().position(|&b| b != 0xff).unwrap_or(line.len());
+                Ok(serde_json::from_slice(&line[start..]).ok())
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => Ok(None),
+            Err(e) => Err(e).context("reading from the guest agent"),
+        }
+    }
+
+    /// Runs a command (after `sync`) and returns its `return` value.
+    pub fn execute(&mut self, command: &str, limit: Duration) -> Result<serde_json::Value> {
+        writeln!(self.writer, "{}", serde_json::json!({ "execute": command })).context("writing to the guest agent")?;
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(message) = self.read_message()? {
+                if let Some(value) = message.get("return") {
+                    return Ok(value.clone());
+                }
+                if let Some(error) = message.get("error") {
+                    bail!("guest agent {command} failed: {error}");
+                }
+            }
+        }
+        bail!("the guest agent did not answer {command} within {} s", limit.as_secs())
     }
 }

@@ -1,0 +1,270 @@
+//! containerd as a system service from the node's root, and the probe that proves it answers: the
+//! gRPC call `ctr version` makes for its `Server:` section (containerd.services.version.v1.Version/
+//! Version), spoken directly over the socket. Only a serving containerd can answer it, and machined
+//! saves starting ctr, a 23 MB Go program that takes seconds to start under emulation.
+
+use crate::parse::{Restart, ServiceSpec};
+use crate::Fallible;
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+pub const BINARY: &str = "/usr/bin/containerd";
+pub const SOCKET: &str = "/run/containerd/containerd.sock";
+const CONFIG_DIR: &str = "/run/machined/containerd";
+const CONFIG: &str = "/run/machined/containerd/config.toml";
+const VERSION_METHOD: &str = "/containerd.services.version.v1.Version/Version";
+/// One probe never holds machined's loop longer than this.
+const PROBE_LIMIT: Duration = Duration::from_secs(2);
+
+/// The root is read-only, so the configuration is written to /run at every boot. State lives on /var
+/// (the scratch disk) and /run; the CNI plugins are where Debian installs them.
+const CONFIG_TEXT: &str = r#"# Written by machined at boot.
+version = 2
+root = "/var/lib/containerd"
+state = "/run/containerd"
+# Snapshotters this node cannot use; skipping them keeps start-up short and the log clean.
+disabled_plugins = [
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+]
+
+[grpc]
+  address = "/run/containerd/containerd.sock"
+
+# The root is read-only, so network configurations (written by the cluster's CNI add-on) live on /var.
+[plugins."io.containerd.grpc.v1.cri".cni]
+  bin_dir = "/usr/lib/cni"
+  conf_dir = "/var/lib/cni/net.d"
+
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+  SystemdCgroup = false
+"#;
+
+pub fn present() -> bool {
+    Path::new(BINARY).is_file()
+}
+
+/// Writes the configuration and returns the service definition.
+pub fn prepare() -> Fallible<ServiceSpec> {
+    fs::create_dir_all(CONFIG_DIR).map_err(|e| format!("create {CONFIG_DIR}: {e}"))?;
+    fs::write(CONFIG, CONFIG_TEXT).map_err(|e| format!("write {CONFIG}: {e}"))?;
+    Ok(ServiceSpec {
+        name: "containerd".to_string(),
+        root: "/".to_string(),
+        entrypoint: BINARY.to_string(),
+        args: vec!["--config".to_string(), CONFIG.to_string()],
+        depends_paths: Vec::new(),
+        restart: Restart::Always,
+        binds: Vec::new(),
+    })
+}
+
+/// Reads containerd's binary once in a background thread, while the scratch disk is formatted: its pages are then in the page cache when it starts, instead of each being faulted
+/// in (and decompressed from the squashfs) one by one during its start-up, which dominates how long
+/// it takes to answer under emulation. Best effort: a failure only means a slower start.
+pub fn prefetch() {
+    let _ = std::thread::Builder::new().name("prefetch".into()).spawn(|| {
+        let mut buf = vec![0u8; 1 << 20];
+        if let Ok(mut file) = fs::File::open(BINARY) {
+            while let Ok(n) = file.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+    });
+}
+
+/// Whether something accepts connections on the socket (containerd listens just before it serves).
+pub fn socket_accepts() -> bool {
+    UnixStream::connect(SOCKET).is_ok()
+}
+
+// HTTP/2 (RFC 9113) frame types and flags, as far as one unary gRPC call needs them.
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
+const END_STREAM: u8 = 0x1;
+const ACK: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Asks containerd for its version over its socket: (version, revision).
+pub fn version() -> Result<(String, Option<String>), String> {
+    let mut stream = UnixStream::connect(SOCKET).map_err(|e| format!("connect {SOCKET}: {e}"))?;
+    let deadline = Instant::now() + PROBE_LIMIT;
+    stream.set_read_timeout(Some(PROBE_LIMIT)).map_err(|e| format!("{SOCKET}: {e}"))?;
+    stream.write_all(&version_request()).map_err(|e| format!("send to {SOCKET}: {e}"))?;
+    let mut body = Vec::new();
+    loop {
+        if Instant::now() > deadline {
+            return Err(format!("no complete gRPC answer on {SOCKET} within {} s", PROBE_LIMIT.as_secs()));
+        }
+        let mut header = [0u8; 9];
+        stream.read_exact(&mut header).map_err(|e| format!("read from {SOCKET}: {e}"))?;
+        let length = (usize::from(header[0]) << 16) | (usize::from(header[1]) << 8) | usize::from(header[2]);
+        let (kind, flags) = (header[3], header[4]);
+        let stream_id = u32::from_be_bytes([header[5] & 0x7f, header[6], header[7], header[8]]);
+        if length > 1 << 20 {
+            return Err(format!("{SOCKET}: HTTP/2 frame of {length} bytes, expected a short answer"));
+        }
+        let mut payload = vec![0u8; length];
+        stream.read_exact(&mut payload).map_err(|e| format!("read from {SOCKET}: {e}"))?;
+        match kind {
+            SETTINGS if flags & ACK == 0 => {
+                stream.write_all(&frame(SETTINGS, ACK, 0, &[])).map_err(|e| format!("send to {SOCKET}: {e}"))?;
+            }
+            PING if flags & ACK == 0 => {
+                stream.write_all(&frame(PING, ACK, 0, &payload)).map_err(|e| format!("send to {SOCKET}: {e}"))?;
+            }
+            GOAWAY => return Err(format!("containerd closed the connection (GOAWAY {payload:02x?})")),
+            RST_STREAM if stream_id == 1 => {
+                return Err(format!("containerd reset the call (RST_STREAM {payload:02x?})"))
+            }
+            DATA if stream_id == 1 => body.extend_from_slice(&payload),
+            _ => {}
+        }
+        if stream_id == 1 && (kind == DATA || kind == HEADERS) && flags & END_STREAM != 0 {
+            break;
+        }
+    }
+    parse_version_reply(&body)
+}
+
+fn frame(kind: u8, flags: u8, stream_id: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    out.extend_from_slice(&stream_id.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// An HPACK literal header field without indexing and with a new name (RFC 7541 6.2.2), strings
+/// short enough for a one-byte length, not Huffman-coded.
+fn literal_header(out: &mut Vec<u8>, name: &str, value: &str) {
+    out.push(0x00);
+    for s in [name, value] {
+        out.push(s.len() as u8);
+        out.extend_from_slice(s.as_bytes());
+    }
+}
+
+/// The whole client side of the call: preface, SETTINGS, HEADERS, and a DATA frame holding the empty
+/// request message (google.protobuf.Empty), which ends the stream.
+fn version_request() -> Vec<u8> {
+    let mut headers = vec![0x83, 0x86]; // :method POST, :scheme http (HPACK static table 3 and 6)
+    for (name, value) in [
+        (":path", VERSION_METHOD),
+        (":authority", "containerd"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ] {
+        literal_header(&mut headers, name, value);
+    }
+    let mut out = PREFACE.to_vec();
+    out.extend(frame(SETTINGS, 0, 0, &[]));
+    out.extend(frame(HEADERS, END_HEADERS, 1, &headers));
+    // gRPC message: not compressed, length 0.
+    out.extend(frame(DATA, END_STREAM, 1, &[0, 0, 0, 0, 0]));
+    out
+}
+
+/// Decodes the gRPC body of a VersionResponse { string version = 1; string revision = 2; }.
+fn parse_version_reply(body: &[u8]) -> Result<(String, Option<String>), String> {
+    if body.len() < 5 {
+        return Err("containerd answered without a message (gRPC error status?)".to_string());
+    }
+    if body[0] != 0 {
+        return Err("containerd answered with a compressed message".to_string());
+    }
+    let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+    let message = body.get(5..5 + len).ok_or("containerd's answer is shorter than its length prefix")?;
+    let (mut version, mut revision) = (None, None);
+    let mut at = 0;
+    while at < message.len() {
+        let key = message[at];
+        at += 1;
+        let (field, wire_type) = (key >> 3, key & 7);
+        if wire_type != 2 {
+            return Err(format!("unexpected protobuf wire type {wire_type} in containerd's answer"));
+        }
+        let (len, used) = varint(&message[at..]).ok_or("truncated protobuf length in containerd's answer")?;
+        at += used;
+        let value = message.get(at..at + len as usize).ok_or("truncated protobuf string in containerd's answer")?;
+        at += len as usize;
+        let text = String::from_utf8_lossy(value).into_owned();
+        match field {
+            1 => version = Some(text),
+            2 => revision = Some(text),
+            _ => {}
+        }
+    }
+    match version {
+        Some(v) if !v.is_empty() => Ok((v, revision.filter(|r| !r.is_empty()))),
+        _ => Err("containerd's answer holds no version".to_string()),
+    }
+}
+
+fn varint(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    for (i, b) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_is_preface_settings_headers_data() {
+        let req = version_request();
+        assert!(req.starts_with(PREFACE));
+        let rest = &req[PREFACE.len()..];
+        assert_eq!(&rest[..9], &[0, 0, 0, SETTINGS, 0, 0, 0, 0, 0]);
+        let headers = &rest[9..];
+        let len = (usize::from(headers[1]) << 8) | usize::from(headers[2]);
+        assert_eq!((headers[3], headers[4]), (HEADERS, END_HEADERS));
+        assert_eq!(&headers[5..9], &[0, 0, 0, 1]);
+        let block = &headers[9..9 + len];
+        assert_eq!(&block[..2], &[0x83, 0x86]);
+        assert_eq!(block[2], 0);
+        assert_eq!(block[3] as usize, ":path".len());
+        let data = &headers[9 + len..];
+        assert_eq!(data, &[0, 0, 5, DATA, END_STREAM, 0, 0, 0, 1, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn version_reply_decodes() {
+        let mut message = vec![0x0a, 10];
+        message.extend_from_slice(b"1.6.20~ds1");
+        message.extend_from_slice(&[0x12, 3]);
+        message.extend_from_slice(b"abc");
+        let mut body = vec![0, 0, 0, 0, message.len() as u8];
+        body.extend_from_slice(&message);
+        assert_eq!(parse_version_reply(&body), Ok(("1.6.20~ds1".to_string(), Some("abc".to_string()))));
+        assert!(parse_version_reply(&body[..body.len() - 1]).is_err());
+        assert!(parse_version_reply(&[]).is_err());
+        assert!(parse_version_reply(&[0, 0, 0, 0, 0]).unwrap_err().contains("no version"));
+        assert!(parse_version_reply(&[1, 0, 0, 0, 0]).is_err());
+    }
+
+    #[test]
+    fn varints() {
+        assert_eq!(varint(&[5]), Some((5, 1)));
+        assert_eq!(varint(&[0xac, 0x02]), Some((300, 2)));
+        assert_eq!(varint(&[0x80]), None);
+    }
+}
