@@ -428,3 +428,243 @@ fn copy_dir(from: &Path, to: &Path) {
         std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
     }
 }
+
+/// spdx-tools (PyPI), an independent SPDX validator, installed once when missing: the test command
+/// must work on a fresh machine, so it installs what it checks with.
+fn validate_spdx(path: &Path) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let probe = std::process::Command::new("python3")
+            .args(["-c", "import spdx_tools.spdx.clitools.pyspdxtools"])
+            .output()
+            .expect("python3 is needed to run the SPDX validator");
+        if !probe.status.success() {
+            let out = std::process::Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "spdx-tools>=0.8.5,<0.9"])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "pip install spdx-tools failed:\n{}", stderr(&out));
+        }
+    });
+    let out = std::process::Command::new("python3")
+        .args(["-m", "spdx_tools.spdx.clitools.pyspdxtools", "-i"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pyspdxtools rejects {}:\n{}{}",
+        path.display(),
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+}
+
+/// The SBOM of a real build: SPDX 2.3 that an independent validator accepts, listing every package the
+/// lock pins for the arch (each set: base, kernel, EFI stub, extensions) with the lock's sha256, and
+/// machined with the digest of the /init the initramfs really holds.
+fn check_sbom(dir: &Path, arch: &str) {
+    let sbom_path = dir.join(format!("node-{arch}.spdx.json"));
+    validate_spdx(&sbom_path);
+    let sbom: serde_json::Value = serde_json::from_slice(&std::fs::read(&sbom_path).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    let listed = manifest["artifacts"].as_array().unwrap().iter().find(|a| a["file"] == sbom_path_name(arch));
+    assert_eq!(
+        listed.expect("manifest.json lists the SBOM")["sha256"],
+        sha256_hex(&std::fs::read(&sbom_path).unwrap())
+    );
+
+    assert_eq!(sbom["spdxVersion"], "SPDX-2.3");
+    assert_eq!(sbom["dataLicense"], "CC0-1.0");
+    assert_eq!(sbom["SPDXID"], "SPDXRef-DOCUMENT");
+    assert_eq!(sbom["creationInfo"]["creators"], serde_json::json!(["Tool: nodeimg-xtask"]));
+    let namespace = sbom["documentNamespace"].as_str().unwrap();
+    assert!(namespace.starts_with(&format!("https://spdx.org/spdxdocs/node-0.1.0-{arch}-")), "{namespace}");
+    let epoch = manifest["source_date_epoch"].as_i64().unwrap();
+    let date = std::process::Command::new("date")
+        .args(["-u", "-d", &format!("@{epoch}"), "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .unwrap();
+    assert_eq!(sbom["creationInfo"]["created"], String::from_utf8_lossy(&date.stdout).trim());
+
+    let packages = sbom["packages"].as_array().unwrap();
+    let part = |p: &serde_json::Value| -> String {
+        let comment = p["annotations"][0]["comment"].as_str().unwrap_or_default();
+        comment.strip_prefix("nodeimg:part=").unwrap_or_else(|| panic!("no part annotation: {p}")).to_string()
+    };
+    let lock: toml::Table =
+        toml::from_str(&std::fs::read_to_string(common::repo_root().join("image-spec/node.lock")).unwrap()).unwrap();
+    let mut locked = std::collections::BTreeSet::new();
+    for package in lock["package"].as_array().unwrap().iter().filter(|p| p["target-arch"].as_str() == Some(arch)) {
+        let (set, name) = (package["set"].as_str().unwrap(), package["name"].as_str().unwrap());
+        locked.insert((set.to_string(), name.to_string()));
+        let found = packages
+            .iter()
+            .find(|p| p["name"] == name && part(p) == set)
+            .unwrap_or_else(|| panic!("SBOM lacks {name} of set {set}"));
+        assert_eq!(found["versionInfo"], package["version"].as_str().unwrap(), "{name}");
+        assert_eq!(found["checksums"][0]["algorithm"], "SHA256");
+        assert_eq!(found["checksums"][0]["checksumValue"], package["sha256"].as_str().unwrap(), "{name}");
+        assert_eq!(found["supplier"], "Organization: Debian");
+        let purl = found["externalRefs"][0]["referenceLocator"].as_str().unwrap();
+        assert!(purl.starts_with(&format!("pkg:deb/debian/{name}@")), "{purl}");
+        assert!(!found.to_string().contains("http://") && !found.to_string().contains("https://"), "a host in {found}");
+    }
+    let sets: std::collections::BTreeSet<&str> = locked.iter().map(|(set, _)| set.as_str()).collect();
+    for set in ["rootfs", "kernel", "efi-stub"] {
+        assert!(sets.contains(set), "the lock has no {set} set for {arch}");
+    }
+    let debs: Vec<&serde_json::Value> =
+        packages.iter().filter(|p| !matches!(part(p).as_str(), "image" | "machined")).collect();
+    assert_eq!(debs.len(), locked.len(), "the SBOM lists packages the lock does not");
+    let kernel = debs.iter().find(|p| part(p) == "kernel" && p["name"].as_str().unwrap().starts_with("linux-image-6"));
+    assert!(kernel.unwrap()["licenseDeclared"].as_str().unwrap().contains("GPL-2.0-only"), "{:?}", kernel);
+
+    let machined = packages.iter().find(|p| part(p) == "machined").expect("machined in the SBOM");
+    let cargo: toml::Table =
+        toml::from_str(&std::fs::read_to_string(common::repo_root().join("machined/Cargo.toml")).unwrap()).unwrap();
+    assert_eq!(machined["versionInfo"], cargo["package"]["version"].as_str().unwrap());
+    let init = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("cpio -i --quiet --to-stdout init < \"$0\"")
+        .arg(dir.join(format!("node-{arch}.initramfs")))
+        .output()
+        .unwrap();
+    assert!(init.status.success() && !init.stdout.is_empty(), "cpio: {}", stderr(&init));
+    assert_eq!(machined["checksums"][0]["checksumValue"], sha256_hex(&init.stdout));
+
+    let image = &packages[0];
+    assert_eq!(part(image), "image");
+    let relationships = sbom["relationships"].as_array().unwrap();
+    assert_eq!(
+        relationships[0],
+        serde_json::json!({"spdxElementId": "SPDXRef-DOCUMENT", "relationshipType": "DESCRIBES",
+            "relatedSpdxElement": image["SPDXID"]})
+    );
+    let contained: Vec<&serde_json::Value> = relationships
+        .iter()
+        .filter(|r| r["relationshipType"] == "CONTAINS")
+        .map(|r| &r["relatedSpdxElement"])
+        .collect();
+    assert_eq!(contained.len(), packages.len() - 1);
+}
+
+fn sbom_path_name(arch: &str) -> String {
+    format!("node-{arch}.spdx.json")
+}
+
+/// Names of the files signing writes, present in `dir`.
+fn signature_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".minisig") || n.starts_with("SHA256SUMS"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// build-image with a key signs what it publishes (the SBOM too) so that `verify` and Debian's
+/// minisign accept it; an unsigned rebuild leaves no stale signature; the key can come from the
+/// environment variable.
+fn signed_build(arch: &str) {
+    common::host_tools();
+    let _heavy = common::heavy();
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys");
+    let out = xtask().arg("--json").arg("keygen").arg("--out").arg(&keys).output().unwrap();
+    assert!(out.status.success(), "keygen: {}", stderr(&out));
+    let key_id = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["key_id"].clone();
+    let (public_key, secret_key) = (keys.join("nodeimg.pub"), keys.join("nodeimg.key"));
+    let out_dir = tmp.path().join("out");
+    let dir = out_dir.join(format!("qemu-{arch}"));
+    let build = |secret_key_arg: Option<&Path>, env_key: Option<String>| -> serde_json::Value {
+        let mut cmd = common::xtask();
+        cmd.env_remove("XTASK_SIGNING_KEY").args(["--json", "--out-dir"]).arg(&out_dir).args([
+            "build-image",
+            "--arch",
+            arch,
+        ]);
+        if let Some(path) = secret_key_arg {
+            cmd.arg("--secret-key").arg(path);
+        }
+        if let Some(text) = env_key {
+            cmd.env("XTASK_SIGNING_KEY", text);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "build-image: {}", stderr(&out));
+        assert_no_secret(&out, &secret_key);
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let verify = || xtask().arg("verify").arg("--key").arg(&public_key).arg(&dir).output().unwrap();
+
+    let report = build(Some(&secret_key), None);
+    assert_eq!(report["signed_with_key_id"], key_id);
+    let out = verify();
+    assert!(out.status.success(), "verify: {}", stderr(&out));
+    assert!(stderr(&out).contains(&format!("ok  {}", sbom_path_name(arch))), "{}", stderr(&out));
+    let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
+    let mut signed: Vec<&str> = sums.lines().map(|l| l.split_once("  ").unwrap().1).collect();
+    assert!(signed.contains(&sbom_path_name(arch).as_str()) && signed.contains(&"manifest.json"), "{sums}");
+    signed.push("SHA256SUMS");
+    for file in &signed {
+        let out = std::process::Command::new("minisign")
+            .arg("-Vm")
+            .arg(dir.join(file))
+            .arg("-p")
+            .arg(&public_key)
+            .output()
+            .expect("Debian's minisign (installed by host-tools)");
+        assert!(out.status.success(), "minisign rejects {file}: {}", stderr(&out));
+        assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("file={file} ")));
+    }
+    check_sbom(&dir, arch);
+
+    // Unsigned rebuild: the new artifacts must not sit next to the old signatures.
+    let report = build(None, None);
+    assert!(report.get("signed_with_key_id").is_none(), "{report}");
+    assert_eq!(signature_files(&dir), Vec::<String>::new(), "stale signatures after an unsigned rebuild");
+    let out = verify();
+    assert!(!out.status.success() && stderr(&out).contains("not signed"), "{}", stderr(&out));
+
+    // The key from the environment variable.
+    let report = build(None, Some(std::fs::read_to_string(&secret_key).unwrap()));
+    assert_eq!(report["signed_with_key_id"], key_id);
+    let out = verify();
+    assert!(out.status.success(), "verify: {}", stderr(&out));
+    assert_eq!(signature_files(&dir).len(), signed.len() + 1, "{:?}", signature_files(&dir));
+}
+
+#[test]
+fn arm64_build_with_a_key_is_signed_and_has_a_complete_sbom() {
+    signed_build("arm64");
+}
+
+#[test]
+fn amd64_build_with_a_key_is_signed_and_has_a_complete_sbom() {
+    signed_build("amd64");
+}
+
+#[test]
+fn build_image_refuses_a_bad_key_before_building() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let key = tmp.path().join("bad.key");
+    std::fs::write(&key, "untrusted comment: x\nnot base64!\n").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let run = common::xtask()
+        .env_remove("XTASK_SIGNING_KEY")
+        .arg("--out-dir")
+        .arg(&out)
+        .args(["build-image", "--arch", "arm64", "--secret-key"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert_fails_naming(&run, &["bad.key"]);
+    assert!(!out.exists(), "a build with a bad key touched {}", out.display());
+    let help = xtask().args(["build-image", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("--secret-key") && help.contains("XTASK_SIGNING_KEY"), "{help}");
+    assert!(help.contains("--check-reproducible"), "{help}");
+}

@@ -26,6 +26,19 @@ pub struct BuildImageArgs {
     /// Board name (in boards/) or path to a board file
     #[arg(long)]
     pub board: Option<String>,
+    /// Sign out/<board>/ once it is published (a .minisig per artifact and SHA256SUMS, as `cargo xtask
+    /// sign` does) with this unencrypted minisign secret key (mode 0600). Without it, $XTASK_SIGNING_KEY
+    /// (the key file's contents) is used when set; with neither, the build is unsigned. Either way the
+    /// signatures and SHA256SUMS of an earlier build are removed before the new artifacts are published
+    #[arg(long, value_name = "FILE")]
+    pub secret_key: Option<PathBuf>,
+    /// Instead of publishing, build twice (separate processes, empty caches, output and temp
+    /// directories at different paths, a different umask and time zone, machined, spec, boards and
+    /// overlays read from two copies at different paths, as two clones would have them) and compare
+    /// every artifact byte for byte. Prints the digests when identical; else the first differing
+    /// artifact and byte offset, keeps both builds for inspection and exits non-zero
+    #[arg(long, conflicts_with = "secret_key")]
+    pub check_reproducible: bool,
 }
 
 /// `out/<board>/manifest.json`: what was built, from what, with each artifact's size and digest.
@@ -40,6 +53,9 @@ pub struct Manifest {
     pub lock_sha256: String,
     pub kernel: String,
     pub cmdline: String,
+    /// System extensions baked into the initramfs, in mount order (absent in older manifests).
+    #[serde(default)]
+    pub extensions: Vec<crate::extensions::LayerRecord>,
     pub artifacts: Vec<Artifact>,
 }
 
@@ -70,11 +86,23 @@ pub struct BuildReport {
     pub cached: usize,
     pub seconds: f64,
     pub manifest: Manifest,
+    /// The key id the published directory was signed with, if a signing key was configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signed_with_key_id: Option<String>,
 }
 
 pub fn run(global: &Global, args: &BuildImageArgs) -> Result<()> {
     let board = spec::select_board(&global.boards_dir(), args.board.as_deref(), args.arch)?;
-    let report = build(global, &board)?;
+    if args.check_reproducible {
+        return crate::reproducible::check(global, args, &board);
+    }
+    // A bad key fails here, before anything is built or published.
+    let key = crate::keys::SecretKey::load_configured(args.secret_key.as_deref())?;
+    let mut report = build(global, &board)?;
+    if let Some(key) = &key {
+        crate::sign::sign_dir(&report.out_dir, key)?;
+        report.signed_with_key_id = Some(key.key_id().to_string());
+    }
     if global.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -119,6 +147,7 @@ pub fn build(global: &Global, board: &Board) -> Result<BuildReport> {
     let spec = spec::load_spec(&spec_path)?;
     let boards = spec::load_boards(&global.boards_dir())?;
     let lock = crate::lock::load_checked(global, &spec, &boards)?;
+    let extensions = crate::extensions::load(&global.overlays_dir(), &spec)?;
     let lock_sha256 = lock.sha256()?;
     let epoch = source_date_epoch()?;
     hosttools::ensure(&hosttools::for_build(arch))?;
@@ -137,6 +166,11 @@ pub fn build(global: &Global, board: &Board) -> Result<BuildReport> {
     }
     let debs: Vec<(&LockedPackage, &Path)> =
         wanted.iter().copied().zip(fetched.paths.iter().map(PathBuf::as_path)).collect();
+    // The SBOM's license scan decompresses every .deb once more: on the other core, meanwhile.
+    crate::sbom::read_ahead(&debs);
+    // The root and extension trees are assembled and checked (Talos's rules, the no-shell policy) in the
+    // cache, so a refused build never touches out/.
+    let trees = crate::extensions::prepare(global, &spec, &spec_path, arch, &debs, &extensions)?;
 
     let step = progress::step(format!("compiling machined for {arch}"));
     let machined_work = tempfile::Builder::new()
@@ -154,8 +188,10 @@ pub fn build(global: &Global, board: &Board) -> Result<BuildReport> {
         .tempdir_in(&out)
         .with_context(|| format!("creating a staging directory in {}", out.display()))?;
     let work = staging.path();
-    let manifest =
-        assemble(&Assembly { spec: &spec, board, epoch, lock_sha256, debs: &debs, machined: &machined, work, global })?;
+    let manifest = assemble(
+        &Assembly { spec: &spec, board, epoch, lock_sha256, debs: &debs, machined: &machined, work, global },
+        &trees,
+    )?;
     publish(work, &out, &manifest)?;
     Ok(BuildReport {
         board: board.name.clone(),
@@ -165,6 +201,7 @@ pub fn build(global: &Global, board: &Board) -> Result<BuildReport> {
         cached: fetched.cached,
         seconds: started.elapsed().as_secs_f64(),
         manifest,
+        signed_with_key_id: None,
     })
 }
 
@@ -200,14 +237,13 @@ fn debs_of<'a>(debs: &'a [(&'a LockedPackage, &'a Path)], set: &str) -> Vec<DebI
 }
 
 /// Builds every artifact into `a.work` and returns the manifest describing them.
-fn assemble(a: &Assembly) -> Result<Manifest> {
+fn assemble(a: &Assembly, trees: &crate::extensions::Trees) -> Result<Manifest> {
     let arch = a.board.arch();
     let base = format!("{}-{}", a.spec.name, arch);
     let artifact = |ext: &str| a.work.join(format!("{base}.{ext}"));
 
     let step = progress::step("unpacking packages");
-    let rootfs_dir = a.work.join("rootfs");
-    crate::rootfs::assemble(&rootfs_dir, a.spec, arch, &debs_of(a.debs, "rootfs"), &a.global.overlays_dir())?;
+    let rootfs_dir = &trees.rootfs;
     let kernel_dir = unpacked_set(a.global, a.debs, "kernel")?;
     let stub_dir = unpacked_set(a.global, a.debs, "efi-stub")?;
     step.done();
@@ -218,7 +254,10 @@ fn assemble(a: &Assembly) -> Result<Manifest> {
 
     let step = progress::step("making the root squashfs");
     let rootfs_sqsh = artifact("rootfs.sqsh");
-    crate::squashfs::make(&rootfs_dir, &rootfs_sqsh, a.epoch)?;
+    crate::squashfs::make(rootfs_dir, &rootfs_sqsh, a.epoch)?;
+    step.done();
+    let step = progress::step("making the extension layers");
+    let layers = crate::extensions::make_layers(trees, a.work, &base, a.epoch)?;
     step.done();
 
     let step = progress::step("writing the initramfs");
@@ -234,6 +273,7 @@ fn assemble(a: &Assembly) -> Result<Manifest> {
         files.push((inside, modules.dir.join(rel), 0o644));
     }
     write_initramfs(&initramfs, a.epoch, &files, &[("etc/machined/modules", list.as_bytes())])?;
+    crate::extensions::append_to_initramfs(&initramfs, &layers, a.epoch)?;
     step.done();
 
     let step = progress::step("making the UKI");
@@ -250,11 +290,31 @@ fn assemble(a: &Assembly) -> Result<Manifest> {
     let mut files = vec![raw.clone()];
     if a.board.file.disk.formats.contains(&DiskFormat::Qcow2) {
         let qcow2 = artifact("qcow2");
-        cmd("qemu-img").args(["convert", "-q", "-f", "raw", "-O", "qcow2"]).arg(&raw).arg(&qcow2).run()?;
+        // In-order writes (no -W) keep the output deterministic; the qcow2 options are spelled out so a
+        // qemu-img with other defaults still writes the same file.
+        cmd("qemu-img")
+            .args(["convert", "-q", "-f", "raw", "-O", "qcow2", "-o", crate::reproducible::QCOW2_OPTIONS])
+            .arg(&raw)
+            .arg(&qcow2)
+            .run()?;
         files.push(qcow2);
     }
     step.done();
     files.extend([uki, initramfs, rootfs_sqsh]);
+    files.extend(layers.iter().map(|layer| layer.sqsh.clone()));
+    let sbom = artifact("spdx.json");
+    crate::sbom::write(
+        &sbom,
+        &crate::sbom::Input {
+            spec: a.spec,
+            arch,
+            epoch: a.epoch,
+            lock_sha256: &a.lock_sha256,
+            debs: a.debs,
+            machined: a.machined,
+        },
+    )?;
+    files.push(sbom);
     if !a.board.file.disk.formats.contains(&DiskFormat::Raw) {
         files.retain(|f| f != &raw);
     }
@@ -276,15 +336,18 @@ fn assemble(a: &Assembly) -> Result<Manifest> {
         lock_sha256: a.lock_sha256.clone(),
         kernel: modules.release.clone(),
         cmdline,
+        extensions: crate::extensions::records(&layers),
         artifacts,
     };
     fs::write(a.work.join(MANIFEST), serde_json::to_string_pretty(&manifest)? + "\n")?;
     Ok(manifest)
 }
 
-/// The kernel command line: the board's arguments, then the spec's.
+/// The kernel command line: the board's arguments less those the spec removes, then the spec's.
 pub fn kernel_cmdline(board: &Board, spec: &ImageSpec) -> String {
-    board.file.kernel_args.iter().chain(&spec.kernel_args).cloned().collect::<Vec<_>>().join(" ")
+    let kept =
+        board.file.kernel_args.iter().filter(|arg| !crate::policy::kernel_arg_removed(&spec.kernel_args_remove, arg));
+    kept.chain(&spec.kernel_args).cloned().collect::<Vec<_>>().join(" ")
 }
 
 /// Unpacks a package set (the kernel, the EFI stub) once into the cache, at
@@ -508,6 +571,8 @@ pub fn build_floor_disk(global: &Global, board: &Board, dir: &Path) -> Result<Pa
 
 /// Moves the finished artifacts into `out`, manifest.json last, each by an atomic rename.
 fn publish(work: &Path, out: &Path, manifest: &Manifest) -> Result<()> {
+    // Signatures of the previous build would otherwise sit next to files they do not vouch for.
+    crate::sign::remove_signatures(out)?;
     for name in manifest.artifacts.iter().map(|a| a.file.as_str()).chain([MANIFEST]) {
         fs::rename(work.join(name), out.join(name))
             .with_context(|| format!("publishing {} into {}", name, out.display()))?;

@@ -12,10 +12,11 @@ pub struct Cmd {
     args: Vec<OsString>,
     dir: Option<std::path::PathBuf>,
     env: Vec<(OsString, OsString)>,
+    env_remove: Vec<OsString>,
 }
 
 pub fn cmd(program: impl Into<OsString>) -> Cmd {
-    Cmd { program: program.into(), args: Vec::new(), dir: None, env: Vec::new() }
+    Cmd { program: program.into(), args: Vec::new(), dir: None, env: Vec::new(), env_remove: Vec::new() }
 }
 
 impl Cmd {
@@ -43,6 +44,13 @@ impl Cmd {
         self
     }
 
+    /// Runs the command without this variable of ours (e.g. SOURCE_DATE_EPOCH for a tool that refuses
+    /// it beside explicit time flags).
+    pub fn env_remove(mut self, key: impl Into<OsString>) -> Self {
+        self.env_remove.push(key.into());
+        self
+    }
+
     /// The command line as a user would type it, for error messages.
     pub fn display(&self) -> String {
         std::iter::once(&self.program)
@@ -63,6 +71,9 @@ impl Cmd {
         let mut e = duct::cmd(&self.program, &self.args);
         if let Some(dir) = &self.dir {
             e = e.dir(dir);
+        }
+        for k in &self.env_remove {
+            e = e.env_remove(k);
         }
         for (k, v) in &self.env {
             e = e.env(k, v);
@@ -152,6 +163,9 @@ impl Cmd {
         command.args(&self.args).stdin(std::process::Stdio::null()).stdout(stdout).stderr(stderr);
         if let Some(dir) = &self.dir {
             command.current_dir(dir);
+        }
+        for k in &self.env_remove {
+            command.env_remove(k);
         }
         for (k, v) in &self.env {
             command.env(k, v);

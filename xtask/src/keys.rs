@@ -324,6 +324,16 @@ impl SecretKey {
         }
     }
 
+    /// The signing key a build is configured with: `--secret-key FILE` if given, else
+    /// `$XTASK_SIGNING_KEY` when it is set and non-empty, else none (the build is not signed).
+    pub fn load_configured(secret_key_file: Option<&Path>) -> Result<Option<Self>> {
+        let from_env = std::env::var_os(SIGNING_KEY_ENV).is_some_and(|value| !value.is_empty());
+        if secret_key_file.is_none() && !from_env {
+            return Ok(None);
+        }
+        Self::load(secret_key_file).map(Some)
+    }
+
     /// The unencrypted secret key file, in the layout `minisign -G -W` writes (with the checksum filled).
     fn to_file_text(&self) -> Zeroizing<String> {
         let keypair = Zeroizing::new(self.signing_key.to_keypair_bytes());

@@ -70,8 +70,20 @@ fn flags(arch: Arch) -> Vec<String> {
 /// Compiles machined for `arch` (or takes it from the cache) and returns the path of a copy in
 /// `work_dir`: `machined-<arch>`, a static ELF executable for the target.
 pub fn build(arch: Arch, cache_dir: &Path, work_dir: &Path) -> Result<PathBuf> {
-    let crate_dir = crate::paths::repo_root().join("machined");
-    Ok(build_from(&crate_dir, arch, cache_dir, work_dir)?.path)
+    Ok(build_from(&crate_dir(), arch, cache_dir, work_dir)?.path)
+}
+
+/// Environment variable naming another copy of the machined crate to compile (and describe in the SBOM):
+/// `build-image --check-reproducible` builds its second image from a copy at another path, as a
+/// second clone would.
+pub const CRATE_DIR_ENV: &str = "XTASK_MACHINED_DIR";
+
+/// The machined crate a build compiles: the repository's `machined/`, unless $XTASK_MACHINED_DIR names one.
+pub fn crate_dir() -> PathBuf {
+    match std::env::var_os(CRATE_DIR_ENV) {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => crate::paths::repo_root().join("machined"),
+    }
 }
 
 struct Built {

@@ -12,6 +12,7 @@ mod cpio;
 mod deb;
 mod debian;
 mod esp;
+mod extensions;
 mod fetch;
 mod gpt;
 mod hosttools;
@@ -20,9 +21,12 @@ mod kmod;
 mod lock;
 mod machined_build;
 mod paths;
+mod policy;
 mod progress;
 mod qemu;
+mod reproducible;
 mod rootfs;
+mod sbom;
 mod sign;
 mod spec;
 mod squashfs;
@@ -63,6 +67,9 @@ pub struct Global {
     /// Content-addressed download cache [default: $XDG_CACHE_HOME/nodeimg or ~/.cache/nodeimg]
     #[arg(long, global = true, env = "XTASK_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// Directory holding the root overlays and system extensions (extensions/<name>/) [default: overlays/]
+    #[arg(long, global = true, env = "XTASK_OVERLAYS_DIR")]
+    pub overlays_dir: Option<PathBuf>,
     /// Debian mirror URL [default: the first Debian source in the host's apt configuration]
     #[arg(long, global = true, env = "XTASK_DEBIAN_MIRROR")]
     pub mirror: Option<String>,
@@ -79,7 +86,7 @@ enum Task {
     Lock,
     /// Download the debs the lockfile pins for one arch into the content-addressed cache
     Fetch(fetch::FetchArgs),
-    /// Assemble the UEFI-bootable disk image for a board into out/<board>/
+    /// Assemble the UEFI-bootable disk image for a board, with its SPDX SBOM, into out/<board>/ (signed if a key is configured)
     BuildImage(build_image::BuildImageArgs),
     /// Boot the built disk in QEMU under UEFI firmware and check what machined reports
     BootTest(boot_test::BootTestArgs),
@@ -91,6 +98,8 @@ enum Task {
     Sign(sign::SignArgs),
     /// Verify a signed output directory against a public key (needs nothing but DIR and the key)
     Verify(verify::VerifyArgs),
+    /// Compare two build-image output directories artifact by artifact (e.g. built on two machines)
+    CompareBuilds(reproducible::CompareArgs),
 }
 
 #[derive(Args)]
@@ -134,5 +143,6 @@ fn run(cli: Cli) -> Result<()> {
         Task::Keygen(args) => keys::keygen(&cli.global, &args),
         Task::Sign(args) => sign::run(&cli.global, &args),
         Task::Verify(args) => verify::run(&cli.global, &args),
+        Task::CompareBuilds(args) => reproducible::compare_run(&cli.global, &args),
     }
 }

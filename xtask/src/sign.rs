@@ -156,6 +156,35 @@ pub fn sign_dir(dir: &Path, key: &SecretKey) -> Result<()> {
     Ok(())
 }
 
+/// Removes what signing wrote into `dir` (SHA256SUMS, its signature, every `*.minisig`, and temp files
+/// of an interrupted signing run), SHA256SUMS.minisig first: build-image calls this before publishing
+/// new artifacts, so an old signature never sits next to a file it does not vouch for.
+pub fn remove_signatures(dir: &Path) -> Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
+    };
+    let mut stale = Vec::new();
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let signing_output =
+            name.starts_with(SUMS_FILE) || name.ends_with(SIGNATURE_SUFFIX) || name.starts_with(".xtask-sign-");
+        if signing_output && !entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            stale.push(name);
+        }
+    }
+    let sums_signature = format!("{SUMS_FILE}{SIGNATURE_SUFFIX}");
+    stale.sort_by_key(|name| (name != &sums_signature, name != SUMS_FILE, name.clone()));
+    for name in stale {
+        let path = dir.join(&name);
+        std::fs::remove_file(&path)
+            .with_context(|| format!("cannot remove the stale signature file {}", path.display()))?;
+    }
+    Ok(())
+}
+
 fn write_signature(dir: &Path, file: &str, digest: &FileDigests, manifest: &Manifest, key: &SecretKey) -> Result<()> {
     let path = dir.join(format!("{file}{SIGNATURE_SUFFIX}"));
     let minisig = key
@@ -227,6 +256,21 @@ pub fn run(global: &Global, args: &SignArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remove_signatures_leaves_only_the_build_outputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for name in ["SHA256SUMS", "SHA256SUMS.minisig", "a.raw.minisig", ".xtask-sign-x1", "a.raw", "manifest.json"] {
+            std::fs::write(d.join(name), b"x").unwrap();
+        }
+        remove_signatures(d).unwrap();
+        let mut left: Vec<String> =
+            std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        assert_eq!(left, ["a.raw", "manifest.json"]);
+        remove_signatures(&d.join("missing")).unwrap();
+    }
 
     #[test]
     fn file_names_must_be_plain() {

@@ -18,6 +18,9 @@ pub fn make(tree: &Path, out: &Path, epoch: i64) -> Result<()> {
         .arg(out)
         .args(["-noappend", "-quiet", "-no-progress", "-comp", "zstd", "-Xcompression-level", ZSTD_LEVEL])
         .args(["-all-root", "-no-xattrs", "-mkfs-time", &epoch, "-all-time", &epoch])
+        // mksquashfs refuses SOURCE_DATE_EPOCH beside -mkfs-time/-all-time ("can't be used at the same
+        // time"), and 4.6 changed what the variable does; the explicit flags say the same, on every version.
+        .env_remove("SOURCE_DATE_EPOCH")
         .run()
         .with_context(|| format!("making squashfs {} from {}", out.display(), tree.display()))
 }
