@@ -61,6 +61,7 @@ pub fn prepare() -> Fallible<ServiceSpec> {
         depends_paths: Vec::new(),
         restart: Restart::Always,
         binds: Vec::new(),
+        create_files: Vec::new(),
     })
 }
 

@@ -213,6 +213,9 @@ pub struct ServiceSpec {
     pub depends_paths: Vec<String>,
     pub restart: Restart,
     pub binds: Vec<Bind>,
+    /// Files machined writes, when missing, before the service starts: (path, content), where
+    /// `{random}` in the content stands for 32 random hex digits.
+    pub create_files: Vec<(String, String)>,
 }
 
 /// Where extension services must keep their roots (as in Talos).
@@ -229,6 +232,7 @@ pub fn service_spec(text: &str) -> Result<ServiceSpec, String> {
     let mut args = Vec::new();
     let mut depends_paths = Vec::new();
     let mut binds = Vec::new();
+    let mut create_files = Vec::new();
     for (index, raw) in text.lines().enumerate() {
         let at = index + 1;
         let line = raw.trim_end_matches('\r');
@@ -285,6 +289,14 @@ pub fn service_spec(text: &str) -> Result<ServiceSpec, String> {
                 }
                 binds.push(Bind { src: parts[0].to_string(), dst: parts[1].to_string(), rw });
             }
+            "create-file" => {
+                let (path, content) =
+                    value.split_once(':').ok_or_else(|| format!("line {at}: create-file={value:?}: expected <path>:<content>"))?;
+                if !is_clean_abs_path(path) || !(path.starts_with("/var/") || path.starts_with("/run/")) {
+                    return Err(format!("line {at}: create-file path {path:?} must be a clean path under /var/ or /run/"));
+                }
+                create_files.push((path.to_string(), unescape_line(content)));
+            }
             _ => return Err(format!("line {at}: unknown key {key:?}")),
         }
     }
@@ -300,7 +312,34 @@ pub fn service_spec(text: &str) -> Result<ServiceSpec, String> {
     if !is_clean_abs_path(&entrypoint) {
         return Err(format!("entrypoint={entrypoint:?} must be a clean absolute path inside the root"));
     }
-    Ok(ServiceSpec { name, root, entrypoint, args, depends_paths, restart: restart.unwrap_or(Restart::Always), binds })
+    Ok(ServiceSpec {
+        name,
+        root,
+        entrypoint,
+        args,
+        depends_paths,
+        restart: restart.unwrap_or(Restart::Always),
+        binds,
+        create_files,
+    })
+}
+
+/// Undoes the build's escaping of a one-line value: `\n` is a line break, `\\` a backslash.
+pub fn unescape_line(value: &str) -> String {
+    let mut out = String::new();
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            match chars.next() {
+                Some('n') => out.push('\n'),
+                Some(other) => out.push(other),
+                None => out.push('\\'),
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Delay before restarting a service after `failures` consecutive quick exits (1-based): 1 s,
@@ -482,6 +521,7 @@ mod tests {
         assert!(bad("bind=../a:/b\n").contains("clean"));
         assert!(bad("name=y\n").contains("twice"));
         assert!(bad("depends-path=dev/x\n").contains("depends-path"));
+        assert!(bad("create-file=/etc/x:y\n").contains("create-file"));
         assert!(bad("no equals sign\n").contains("key=value"));
         assert!(service_spec("name=x\nroot=/\nentrypoint=/bin/x\n").unwrap_err().contains("root"));
         assert!(service_spec("name=x\nroot=/usr/local/lib/containers/../../x\nentrypoint=/x\n").is_err());

@@ -94,6 +94,11 @@ impl Supervisor {
 
     pub fn add(&mut self, spec: ServiceSpec, isolation: Isolation) {
         let prefix = format!("[{}] ", spec.name);
+        for (path, content) in &spec.create_files {
+            if let Err(e) = create_node_file(path, content) {
+                crate::console_write(format!("{prefix}cannot create {path}: {e}\n").as_bytes());
+            }
+        }
         self.services.push(Service {
             spec,
             isolation,
@@ -117,6 +122,7 @@ impl Supervisor {
                 depends_paths: Vec::new(),
                 restart: Restart::Never,
                 binds: Vec::new(),
+                create_files: Vec::new(),
             },
             isolation: Isolation::Own,
             state: State::Invalid(error),
@@ -426,6 +432,20 @@ impl Supervisor {
 /// Bind sources under /run and /var are the service's state (e.g. /run/qemu-guest-agent for its
 /// /run): created empty when missing, as they would be on a fresh node every boot. Anything else must
 /// exist.
+/// Writes a per-node file the service needs (when missing), `{random}` replaced by fresh random hex.
+fn create_node_file(path: &str, template: &str) -> io::Result<()> {
+    if Path::new(path).exists() {
+        return Ok(());
+    }
+    if let Some(parent) = Path::new(path).parent() {
+        fs::create_dir_all(parent)?;
+    }
+    let mut random = [0u8; 16];
+    crate::sys::random_bytes(&mut random)?;
+    let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    fs::write(path, template.replace("{random}", &hex))
+}
+
 fn create_state_dirs(binds: &[parse::Bind]) -> Fallible<()> {
     for bind in binds {
         let state = bind.src.starts_with("/run/") || bind.src.starts_with("/var/");

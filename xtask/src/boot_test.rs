@@ -567,13 +567,12 @@ fn check_status(status: &Status, manifest: &Manifest, board: &Board, log: &Path)
         Some(v) if !v.is_empty() => {}
         _ => problems.push(format!("containerd did not answer on its socket: {}", status.containerd)),
     }
-    // Services: each running, or waiting for a file the operator provides (not a device).
+    // Services: each running.
     if !status.services.iter().any(|s| s.name == "containerd") {
         problems.push("containerd is not among the supervised services".to_string());
     }
     for svc in &status.services {
-        let waiting_for_operator = svc.state.starts_with("waiting for ") && !svc.state.contains("/dev/");
-        if svc.state != "running" && !waiting_for_operator {
+        if svc.state != "running" {
             problems.push(format!("service {} is {:?}, not running", svc.name, svc.state));
         }
         if svc.state == "running" && svc.pid.is_none() {

@@ -396,6 +396,18 @@ struct PackagesFile {
     /// Files removed from the extension's root after unpacking: absolute globs as the service sees them.
     #[serde(default)]
     drop_files: Vec<String>,
+    /// Files machined writes on the node, when missing, before this extension's services start: values
+    /// unique to each node (an iSCSI initiator name) cannot be baked into a shared image. In `content`,
+    /// `{random}` becomes 32 random hex digits. Paths are under /var or /run, the writable places.
+    #[serde(default)]
+    create_file: Vec<CreateFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateFile {
+    path: String,
+    content: String,
 }
 
 /// The packages an extension asks for.
@@ -406,6 +418,8 @@ pub struct PackageList {
     pub packages: Vec<String>,
     pub exclude_packages: Vec<String>,
     pub drop_files: Vec<String>,
+    /// `create-file=` lines for every service of the extension (see `PackagesFile::create_file`).
+    pub create_files: Vec<String>,
 }
 
 /// An extension directory, loaded and checked (nothing unpacked yet).
@@ -476,6 +490,17 @@ fn load_one(dir: &Path, name: &str) -> Result<Extension> {
         }
         packages.packages = file.packages;
         packages.exclude_packages = file.exclude_packages;
+        for create in &file.create_file {
+            let at = || format!("{label}: {}: field `create-file`", packages_path.display());
+            bind_path(&create.path, "path").with_context(at)?;
+            if !(create.path.starts_with("/var/") || create.path.starts_with("/run/")) {
+                bail!("{}: path {:?} must be under /var/ or /run/, the node's writable places", at(), create.path);
+            }
+            // One line in machined's format: backslashes and line breaks escaped.
+            let content = create.content.replace('\\', "\\\\").replace('\n', "\\n");
+            line_value(&content, "content").with_context(at)?;
+            packages.create_files.push(format!("create-file={}:{content}", create.path));
+        }
         packages.drop_files = file.drop_files;
     }
 
@@ -524,6 +549,12 @@ fn load_one(dir: &Path, name: &str) -> Result<Extension> {
             "{label}: {} has neither {ROOTFS_DIR}/ nor packages in {PACKAGES_FILE}: it would be empty",
             dir.display()
         );
+    }
+    for service in &mut services {
+        for line in &packages.create_files {
+            service.machined.push_str(line);
+            service.machined.push('\n');
+        }
     }
     Ok(Extension { name: name.to_string(), dir: dir.to_path_buf(), manifest, packages, services })
 }
