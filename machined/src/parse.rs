@@ -290,10 +290,13 @@ pub fn service_spec(text: &str) -> Result<ServiceSpec, String> {
                 binds.push(Bind { src: parts[0].to_string(), dst: parts[1].to_string(), rw });
             }
             "create-file" => {
-                let (path, content) =
-                    value.split_once(':').ok_or_else(|| format!("line {at}: create-file={value:?}: expected <path>:<content>"))?;
+                let (path, content) = value
+                    .split_once(':')
+                    .ok_or_else(|| format!("line {at}: create-file={value:?}: expected <path>:<content>"))?;
                 if !is_clean_abs_path(path) || !(path.starts_with("/var/") || path.starts_with("/run/")) {
-                    return Err(format!("line {at}: create-file path {path:?} must be a clean path under /var/ or /run/"));
+                    return Err(format!(
+                        "line {at}: create-file path {path:?} must be a clean path under /var/ or /run/"
+                    ));
                 }
                 create_files.push((path.to_string(), unescape_line(content)));
             }

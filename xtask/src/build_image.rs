@@ -7,7 +7,6 @@ use crate::cpio::CpioWriter;
 use crate::debian::lockfile::LockedPackage;
 use crate::gpt::{Guid, PartitionContents, PartitionSize, PartitionSpec};
 use crate::kmod::ModuleTree;
-use crate::rootfs::DebInput;
 use crate::spec::{self, Arch, Board, DiskFormat, ImageSpec};
 use crate::{cmd::cmd, hosttools, progress, Global};
 use anyhow::{bail, Context, Result};
@@ -230,10 +229,6 @@ struct Assembly<'a> {
     machined: &'a Path,
     work: &'a Path,
     global: &'a Global,
-}
-
-fn debs_of<'a>(debs: &'a [(&'a LockedPackage, &'a Path)], set: &str) -> Vec<DebInput<'a>> {
-    debs.iter().filter(|(p, _)| p.set == set).map(|(p, path)| DebInput { name: &p.name, deb: path }).collect()
 }
 
 /// Builds every artifact into `a.work` and returns the manifest describing them.

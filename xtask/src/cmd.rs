@@ -113,20 +113,6 @@ impl Cmd {
         self.output().map(drop)
     }
 
-    /// Runs with stdout and stderr going to ours (for long installs the user should watch).
-    pub fn run_inherit(&self) -> Result<()> {
-        let status = self
-            .expression()
-            .unchecked()
-            .run()
-            .with_context(|| format!("could not start `{}`", self.display()))?
-            .status;
-        if !status.success() {
-            bail!("`{}` failed ({status}); its output is above", self.display());
-        }
-        Ok(())
-    }
-
     /// Whether the program exists on PATH (or as a path).
     pub fn exists(program: &str) -> bool {
         if program.contains('/') {

@@ -11,9 +11,11 @@ const MAGIC: &[u8; 6] = b"070701";
 const HEADER_LEN: u64 = 110;
 const TRAILER: &str = "TRAILER!!!";
 
+#[cfg_attr(not(test), allow(dead_code))] // used by the tests' checks
 const S_IFMT: u32 = 0o170000;
 const S_IFDIR: u32 = 0o040000;
 const S_IFREG: u32 = 0o100000;
+#[cfg_attr(not(test), allow(dead_code))] // used by the tests' checks
 const S_IFLNK: u32 = 0o120000;
 
 /// Streams a newc archive into `W`.
@@ -69,6 +71,7 @@ impl<W: Write> CpioWriter<W> {
     }
 
     /// A symbolic link; its data is the target (mode 0777, as Linux reports links).
+    #[cfg_attr(not(test), allow(dead_code))] // used by the tests' checks
     pub fn add_symlink(&mut self, path: &str, target: &str) -> Result<()> {
         ensure!(!target.is_empty() && !target.contains('\0'), "{path}: invalid symlink target {target:?}");
         let size = u32::try_from(target.len()).context("symlink target too long")?;
@@ -143,6 +146,7 @@ fn validate_path(path: &str) -> Result<()> {
 
 /// One entry of a parsed archive.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(not(test), allow(dead_code))] // used by the tests' checks
 pub struct CpioEntry {
     pub path: String,
     /// Type and permission bits, as stored.
@@ -155,6 +159,7 @@ pub struct CpioEntry {
     pub data: Vec<u8>,
 }
 
+#[cfg_attr(not(test), allow(dead_code))] // used by the tests' checks
 impl CpioEntry {
     pub fn is_dir(&self) -> bool {
         self.mode & S_IFMT == S_IFDIR
@@ -168,6 +173,7 @@ impl CpioEntry {
 }
 
 /// Parses one uncompressed newc archive up to its trailer, for checking what was written.
+#[cfg_attr(not(test), allow(dead_code))] // used by the tests' checks
 pub fn parse_newc(archive: &[u8]) -> Result<Vec<CpioEntry>> {
     let mut entries = Vec::new();
     let mut pos = 0usize;
@@ -205,6 +211,7 @@ pub fn parse_newc(archive: &[u8]) -> Result<Vec<CpioEntry>> {
     }
 }
 
+#[cfg_attr(not(test), allow(dead_code))] // used by the tests' checks
 fn align4(n: usize) -> usize {
     (n + 3) & !3
 }

@@ -63,35 +63,6 @@ pub fn decompress<'a>(name: &str, data: &'a [u8]) -> Result<Box<dyn Read + 'a>> 
     })
 }
 
-/// The control file's fields (Package, Version, …) of a .deb.
-pub fn control_fields(deb: &Path) -> Result<BTreeMap<String, String>> {
-    let (name, data) = ar_member(deb, "control.tar")?;
-    let mut archive = tar::Archive::new(decompress(&name, &data)?);
-    for entry in archive.entries()? {
-        let mut entry = entry?;
-        if entry.path()?.file_name().and_then(|n| n.to_str()) == Some("control") {
-            let mut text = String::new();
-            entry.read_to_string(&mut text)?;
-            let mut fields = BTreeMap::new();
-            let mut last = None;
-            for line in text.lines() {
-                if line.starts_with(' ') || line.starts_with('\t') {
-                    if let Some(key) = &last {
-                        let v: &mut String = fields.get_mut(key).expect("key inserted before");
-                        v.push('\n');
-                        v.push_str(line.trim());
-                    }
-                } else if let Some((k, v)) = line.split_once(':') {
-                    fields.insert(k.trim().to_string(), v.trim().to_string());
-                    last = Some(k.trim().to_string());
-                }
-            }
-            return Ok(fields);
-        }
-    }
-    bail!("{}: control.tar has no control file", deb.display())
-}
-
 /// Normalises a tar path to a relative path inside the root, or says why it is refused.
 /// Merged-/usr directories are redirected under usr/.
 pub fn normalise(raw: &Path) -> std::result::Result<PathBuf, String> {

@@ -428,6 +428,7 @@ impl Minisig {
         })
     }
 
+    #[cfg_attr(not(test), allow(dead_code))] // used by the tests' checks
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
         Self::parse(&text).with_context(|| path.display().to_string())

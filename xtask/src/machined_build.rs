@@ -88,6 +88,7 @@ pub fn crate_dir() -> PathBuf {
 
 struct Built {
     path: PathBuf,
+    #[cfg_attr(not(test), allow(dead_code))] // used by the tests' checks
     cache_hit: bool,
 }
 

@@ -1,9 +1,6 @@
 //! `cargo xtask`: builds, proves and ships the node image. This file only parses the command line and
 //! dispatches; each task lives in its own module (see ARCHITECTURE.md for the map).
 
-// Work in progress: modules are filled in stage by stage.
-#![allow(dead_code)]
-
 mod bench;
 mod boot_test;
 mod build_image;

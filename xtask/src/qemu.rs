@@ -54,10 +54,6 @@ pub struct NodeDevices {
 pub const GUEST_AGENT_PORT: &str = "org.qemu.guest_agent.0";
 
 impl Machine<'_> {
-    pub fn command(&self) -> Cmd {
-        self.command_with(&NodeDevices::default())
-    }
-
     pub fn command_with(&self, devices: &NodeDevices) -> Cmd {
         let b = &self.board.file;
         let mut c = cmd(&b.qemu.binary).arg("-machine").arg(format!("{},accel={}", b.qemu.machine, self.accel)).args([

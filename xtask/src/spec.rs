@@ -33,14 +33,6 @@ impl Arch {
         }
     }
 
-    /// What machined reports as its arch (`std::env::consts::ARCH` on the target).
-    pub fn kernel_name(self) -> &'static str {
-        match self {
-            Arch::Amd64 => "x86_64",
-            Arch::Arm64 => "aarch64",
-        }
-    }
-
     /// The removable-media boot path firmware looks for on the ESP.
     pub fn efi_boot_file(self) -> &'static str {
         match self {
