@@ -48,10 +48,7 @@ fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
 }
 
-/// Lowercase hex, as sha256sum prints it.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use crate::digest::hex;
 
 /// The 8 random bytes minisign puts in keys and signatures to tell key pairs apart.
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -252,9 +252,7 @@ fn sources(crate_dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     Ok(files)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use crate::digest::hex;
 
 const PT_DYNAMIC: u32 = 2;
 const PT_INTERP: u32 = 3;

@@ -8,6 +8,7 @@ mod cmd;
 mod cpio;
 mod deb;
 mod debian;
+mod digest;
 mod esp;
 mod extensions;
 mod fetch;

@@ -113,7 +113,7 @@ pub fn compare_dirs(first: &Path, second: &Path) -> Result<Comparison> {
         if !(in_a && in_b) {
             let (which, other) = if in_a { ("first", "second") } else { ("second", "first") };
             let path = if in_a { first.join(&name) } else { second.join(&name) };
-            let digest = crate::build_image::sha256_file(&path).ok();
+            let digest = crate::digest::sha256_file(&path).ok();
             let size = std::fs::metadata(&path).ok().map(|m| m.len());
             files.push(Compared {
                 file: name.clone(),
@@ -234,9 +234,7 @@ fn fill(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(filled)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use crate::digest::hex;
 
 fn print_comparison(comparison: &Comparison) {
     let width = comparison.files.iter().map(|f| f.file.len()).max().unwrap_or(0);

@@ -300,7 +300,7 @@ fn machined_package(input: &Input, ids: &mut SpdxIds, annotation: &dyn Fn(&str) 
     let version = inherited("version")?
         .with_context(|| format!("{}: field `package.version` is missing", manifest_path.display()))?;
     let license = inherited("license")?.unwrap_or_else(|| NOASSERTION.to_string());
-    let sha256 = crate::build_image::sha256_file(input.machined)?;
+    let sha256 = crate::digest::sha256_file(input.machined)?;
     Ok(Package {
         spdx_id: ids.make("machined"),
         name: "machined".to_string(),
@@ -882,22 +882,11 @@ const SPDX_EXCEPTIONS: &[&str] = &[
 /// Seconds since 1970 (UTC) as RFC 3339, `YYYY-MM-DDThh:mm:ssZ`, as SPDX wants its dates.
 pub fn rfc3339_utc(epoch: i64) -> String {
     let (days, secs) = (epoch.div_euclid(86_400), epoch.rem_euclid(86_400));
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = crate::digest::civil_from_days(days);
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs / 60 % 60, secs % 60)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use crate::digest::hex;
 
 #[cfg(test)]
 mod tests {

@@ -285,7 +285,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         std::fs::write(d.join("a.raw"), b"aaaa").unwrap();
-        let sha = crate::keys::hex(&digest_bytes(b"aaaa").sha256);
+        let sha = crate::digest::hex(&digest_bytes(b"aaaa").sha256);
         let manifest = format!(
             r#"{{"image":"node","version":"0.1.0","arch":"arm64","artifacts":[{{"file":"a.raw","size":4,"sha256":"{sha}"}}]}}"#
         );

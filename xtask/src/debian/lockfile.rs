@@ -90,7 +90,7 @@ impl Lock {
         let mut lock: Lock = crate::spec::load_toml(path)?;
         let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         let (digest, _) =
-            crate::fetch::sha256_reader(&bytes[..]).with_context(|| format!("hashing {}", path.display()))?;
+            crate::digest::sha256_reader(&bytes[..]).with_context(|| format!("hashing {}", path.display()))?;
         lock.file_sha256 = Some(digest);
         if lock.format != FORMAT_VERSION {
             bail!(
@@ -156,7 +156,7 @@ impl Lock {
         if let Some(digest) = &self.file_sha256 {
             return Ok(digest.clone());
         }
-        let (digest, _) = crate::fetch::sha256_reader(self.render()?.as_bytes()).context("hashing the lock")?;
+        let (digest, _) = crate::digest::sha256_reader(self.render()?.as_bytes()).context("hashing the lock")?;
         Ok(digest)
     }
 
