@@ -5,6 +5,7 @@
 
 use crate::cpio::CpioWriter;
 use crate::debian::lockfile::LockedPackage;
+use crate::digest::{hex, sha256_file};
 use crate::gpt::{Guid, PartitionContents, PartitionSize, PartitionSpec};
 use crate::kmod::ModuleTree;
 use crate::spec::{self, Arch, Board, DiskFormat, ImageSpec};
@@ -573,5 +574,3 @@ fn publish(work: &Path, out: &Path, manifest: &Manifest) -> Result<()> {
     }
     Ok(())
 }
-
-use crate::digest::{hex, sha256_file};

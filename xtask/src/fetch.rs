@@ -4,6 +4,7 @@
 
 use crate::debian::http;
 use crate::debian::lockfile::{Lock, LockedPackage};
+use crate::digest::sha256_reader;
 use crate::spec::Arch;
 use crate::{progress, Global};
 use anyhow::{bail, Context, Result};
@@ -110,8 +111,6 @@ pub fn set_readable(path: &Path) -> Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
         .with_context(|| format!("setting permissions of {}", path.display()))
 }
-
-use crate::digest::sha256_reader;
 
 /// What a fetch did.
 #[derive(Debug, Default, Serialize)]

@@ -12,6 +12,7 @@
 //! The secret key never leaves [`SecretKey`]: no Debug output, no error message quoting it, and it is
 //! written only to its own 0600 file by [`keygen`].
 
+use crate::digest::hex;
 use crate::Global;
 use anyhow::{bail, ensure, Context, Result};
 use base64::Engine as _;
@@ -47,8 +48,6 @@ const TRUSTED_COMMENT_MAX: usize = 8192 - TRUSTED_PREFIX.len() - 2;
 fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
 }
-
-use crate::digest::hex;
 
 /// The 8 random bytes minisign puts in keys and signatures to tell key pairs apart.
 #[derive(Clone, Copy, PartialEq, Eq)]

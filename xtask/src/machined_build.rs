@@ -9,6 +9,7 @@
 //! version, the target and flags, the linker's version, the static libc, and every source file.
 
 use crate::cmd::cmd;
+use crate::digest::hex;
 use crate::spec::Arch;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
@@ -251,8 +252,6 @@ fn sources(crate_dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     }
     Ok(files)
 }
-
-use crate::digest::hex;
 
 const PT_DYNAMIC: u32 = 2;
 const PT_INTERP: u32 = 3;

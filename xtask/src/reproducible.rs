@@ -17,6 +17,7 @@
 
 use crate::build_image::BuildImageArgs;
 use crate::cmd::cmd;
+use crate::digest::hex;
 use crate::sign::{Manifest, MANIFEST_FILE};
 use crate::spec::Board;
 use crate::{progress, Global};
@@ -233,8 +234,6 @@ fn fill(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
     }
     Ok(filled)
 }
-
-use crate::digest::hex;
 
 fn print_comparison(comparison: &Comparison) {
     let width = comparison.files.iter().map(|f| f.file.len()).max().unwrap_or(0);

@@ -11,6 +11,7 @@
 //! exists and to `LicenseRef-Debian-<name>` (described in hasExtractedLicensingInfos) where none does.
 
 use crate::debian::lockfile::LockedPackage;
+use crate::digest::hex;
 use crate::spec::{Arch, ImageSpec};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -885,8 +886,6 @@ pub fn rfc3339_utc(epoch: i64) -> String {
     let (year, month, day) = crate::digest::civil_from_days(days);
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs / 60 % 60, secs % 60)
 }
-
-use crate::digest::hex;
 
 #[cfg(test)]
 mod tests {
