@@ -102,25 +102,13 @@ fn floor_boot(board: &spec::Board, disk: &std::path::Path, dir: &std::path::Path
     let machine =
         Machine { board, disk, serial_log: dir.join("floor-boot.log"), qmp_socket: dir.join("floor-qmp.sock"), accel };
     let started = Instant::now();
-    let (mut qemu, _stderr) = machine.start()?;
+    let (mut qemu, stderr) = machine.start()?;
     let limit = Duration::from_secs(board.file.qemu.boot_timeout_secs);
-    loop {
-        let log = std::fs::read_to_string(&machine.serial_log).unwrap_or_default();
-        if log.contains("MACHINED-FLOOR") {
-            let secs = started.elapsed().as_secs_f64();
-            qemu.kill();
-            return Ok(secs);
-        }
-        boot_test::scan_for_failures(&log, &machine.serial_log)?;
-        if qemu.try_wait()?.is_some() || started.elapsed() > limit {
-            anyhow::bail!(
-                "the floor boot of {} never printed MACHINED-FLOOR; console tail:\n{}",
-                board.name,
-                crate::cmd::tail(&log, 20)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (_, elapsed) =
+        boot_test::wait_for_line(&mut qemu, &machine.serial_log, &stderr, started, limit, "MACHINED-FLOOR")
+            .with_context(|| format!("the floor boot of {}", board.name))?;
+    qemu.kill();
+    Ok(elapsed.as_secs_f64())
 }
 
 fn print_table(rows: &[ArchFigures]) {

@@ -432,7 +432,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     false
 }
 
-/// Polls the console until the status line, a failure, QEMU's exit or the timeout.
+/// Polls the console until machined's status line, a failure, QEMU's exit or the timeout.
 pub fn wait_for_status(
     qemu: &mut crate::cmd::Running,
     serial_log: &Path,
@@ -440,21 +440,36 @@ pub fn wait_for_status(
     started: Instant,
     timeout: Duration,
 ) -> Result<(Status, Duration)> {
+    let (line, elapsed) = wait_for_line(qemu, serial_log, qemu_stderr, started, timeout, STATUS_PREFIX)?;
+    let status: Status = serde_json::from_str(line.trim())
+        .with_context(|| format!("machined's status line is not the expected JSON: {line}"))?;
+    Ok((status, elapsed))
+}
+
+/// Polls the console until a whole line holding `prefix` appears (returning what follows it and the
+/// time since `started`), or fails on a console failure, QEMU's exit or the timeout. boot-test and
+/// bench's floor boot both wait through here, so the two times they compare are taken alike.
+pub fn wait_for_line(
+    qemu: &mut crate::cmd::Running,
+    serial_log: &Path,
+    qemu_stderr: &Path,
+    started: Instant,
+    timeout: Duration,
+    prefix: &str,
+) -> Result<(String, Duration)> {
     loop {
         let log = std::fs::read_to_string(serial_log).unwrap_or_default();
-        // Only whole lines: the status line may be half-written when the file is read.
+        // Only whole lines: the line may be half-written when the file is read.
         let complete = &log[..log.rfind('\n').map_or(0, |i| i + 1)];
-        if let Some(line) = complete.lines().find_map(|l| l.split_once(STATUS_PREFIX).map(|(_, json)| json)) {
-            let elapsed = started.elapsed();
-            let status: Status = serde_json::from_str(line.trim())
-                .with_context(|| format!("machined's status line is not the expected JSON: {line}"))?;
-            return Ok((status, elapsed));
+        if let Some(rest) = complete.lines().find_map(|l| l.split_once(prefix).map(|(_, rest)| rest)) {
+            return Ok((rest.to_string(), started.elapsed()));
         }
         scan_for_failures(&log, serial_log)?;
         if let Some(exit) = qemu.try_wait()? {
             let stderr = std::fs::read_to_string(qemu_stderr).unwrap_or_default();
             bail!(
-                "QEMU exited ({exit}) before machined reported status\n`{}`\nQEMU stderr:\n{}console tail:\n{}",
+                "QEMU exited ({exit}) before the console showed {}\n`{}`\nQEMU stderr:\n{}console tail:\n{}",
+                prefix.trim(),
                 qemu.command_line(),
                 cmd::tail(&stderr, 10),
                 cmd::tail(&log, 30)
@@ -463,13 +478,14 @@ pub fn wait_for_status(
         if started.elapsed() > timeout {
             qemu.kill();
             bail!(
-                "no MACHINED-STATUS line within {} s (console in {}); console tail:\n{}",
+                "no {} line within {} s (console in {}); console tail:\n{}",
+                prefix.trim(),
                 timeout.as_secs(),
                 serial_log.display(),
                 cmd::tail(&log, 30)
             );
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

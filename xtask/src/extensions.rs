@@ -1044,4 +1044,33 @@ mod tests {
         assert!(talos_violation(Path::new("usr/local/x"), &meta(0o666)).unwrap().contains("world-writable"));
         assert!(talos_violation(Path::new("usr/local/x"), &meta(0o4755)).unwrap().contains("setuid"));
     }
+
+    #[test]
+    fn create_files_reach_every_service_and_stay_in_writable_places() {
+        let dir = tempfile::tempdir().unwrap();
+        let ext = dir.path().join("svc");
+        fs::create_dir_all(ext.join("rootfs/usr/local/etc/containers")).unwrap();
+        fs::write(
+            ext.join("manifest.yaml"),
+            "version: v1alpha1\nmetadata:\n  name: svc\n  version: \"1\"\n  author: a\n  description: d\n  \
+             compatibility:\n    talos:\n      version: \">= v1.0.0\"\n",
+        )
+        .unwrap();
+        fs::write(
+            ext.join("rootfs/usr/local/etc/containers/svc.yaml"),
+            "name: svc\ncontainer:\n  entrypoint: /usr/sbin/svc\nrestart: always\n",
+        )
+        .unwrap();
+        let with_create_file = |path: &str| {
+            let toml = format!("[[create-file]]\npath = \"{path}\"\ncontent = \"id={{random}}\\n\"\n");
+            fs::write(ext.join("packages.toml"), toml).unwrap();
+            load_one(&ext, "svc")
+        };
+        let loaded = with_create_file("/var/lib/svc/id").unwrap();
+        assert!(loaded.services[0].machined.ends_with("create-file=/var/lib/svc/id:id={random}\\n\n"));
+        for bad in ["/etc/svc/id", "var/lib/svc/id", "/var/../etc/x"] {
+            let err = format!("{:#}", with_create_file(bad).unwrap_err());
+            assert!(err.contains("create-file") && err.contains("packages.toml"), "{bad}: {err}");
+        }
+    }
 }

@@ -36,8 +36,15 @@ pub fn for_build(arch: Arch) -> Vec<Requirement> {
     reqs.extend([
         req("mksquashfs", "squashfs-tools", "making squashfs layers"),
         req("qemu-img", "qemu-utils", "writing qcow2 disks"),
-        req("/usr/bin/rustc", "rustc", "compiling machined with a toolchain that targets both arches"),
     ]);
+    reqs.extend(for_machined(arch));
+    reqs
+}
+
+/// What compiling machined for `arch` needs: Debian's rustc (the one toolchain here with std for
+/// both arches), the target's std, and the GNU gcc and static libc that link it.
+pub fn for_machined(arch: Arch) -> Vec<Requirement> {
+    let mut reqs = vec![req("/usr/bin/rustc", "rustc", "compiling machined with a toolchain that targets both arches")];
     match arch {
         Arch::Amd64 => reqs.extend([
             req("/usr/lib/rustlib/x86_64-unknown-linux-gnu/lib", "libstd-rust-dev", "compiling machined for amd64"),

@@ -19,16 +19,16 @@ use std::path::{Path, PathBuf};
 /// Debian's rustc: the one toolchain here that has std for both arches.
 const RUSTC: &str = "/usr/bin/rustc";
 
-/// Every Debian package machined's build needs (arm64 packages after `dpkg --add-architecture arm64`).
-pub const PACKAGES: [&str; 7] = [
-    "rustc",
-    "libstd-rust-dev",
-    "libstd-rust-dev:arm64",
-    "gcc",
-    "libc6-dev",
-    "gcc-aarch64-linux-gnu",
-    "libc6-dev-arm64-cross",
-];
+/// Every Debian package machined's build needs, for both arches (hosttools holds the list).
+fn packages() -> Vec<String> {
+    let mut packages: Vec<String> = Vec::new();
+    for requirement in Arch::ALL.iter().flat_map(|&arch| crate::hosttools::for_machined(arch)) {
+        if !packages.contains(&requirement.package) {
+            packages.push(requirement.package);
+        }
+    }
+    packages
+}
 
 /// Bumped when the way the binary is built changes in a way the key would not see.
 const KEY_VERSION: &str = "machined-build/1";
@@ -154,7 +154,7 @@ fn missing(arch: Arch, what: String) -> anyhow::Error {
         "cannot compile machined for {arch}: {what}. machined is built with Debian's rustc and cross tools; \
          install them with `apt-get install {}` (after `dpkg --add-architecture arm64` and `apt-get update`), \
          or run `cargo xtask host-tools`",
-        PACKAGES.join(" ")
+        packages().join(" ")
     )
 }
 

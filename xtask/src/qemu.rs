@@ -71,10 +71,7 @@ impl Machine<'_> {
             .arg(format!("file:{}", self.serial_log.display()))
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", self.qmp_socket.display()))
-            .arg("-drive")
-            .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", b.firmware.code.display()))
-            .arg("-drive")
-            .arg(format!("if=pflash,format=raw,unit=1,snapshot=on,file={}", b.firmware.vars.display()))
+            .args(firmware_args(self.board))
             .arg("-drive")
             .arg(format!("if=none,id=boot,format={},snapshot=on,file={}", disk_format(self.disk), self.disk.display()))
             .args(["-device", "virtio-blk-pci,drive=boot,bootindex=0"]);
@@ -115,6 +112,18 @@ impl Machine<'_> {
     }
 }
 
+/// The board's UEFI firmware as pflash: code read-only, the variable store as a throwaway snapshot
+/// (so no per-run copy of the template is needed).
+fn firmware_args(board: &Board) -> [String; 4] {
+    let firmware = &board.file.firmware;
+    [
+        "-drive".to_string(),
+        format!("if=pflash,format=raw,unit=0,readonly=on,file={}", firmware.code.display()),
+        "-drive".to_string(),
+        format!("if=pflash,format=raw,unit=1,snapshot=on,file={}", firmware.vars.display()),
+    ]
+}
+
 /// Picks the accelerator. KVM must prove itself: on this machine kind /dev/kvm exists but OVMF dies
 /// with "KVM internal error" (FACTS.md), so its mere presence decides nothing.
 pub fn choose_accel(board: &Board, wanted: Accel) -> Result<&'static str> {
@@ -145,10 +154,7 @@ fn kvm_probe(board: &Board) -> Result<bool> {
         .args(["-m", "256", "-nodefaults", "-display", "none", "-no-reboot"])
         .arg("-serial")
         .arg(format!("file:{}", serial.display()))
-        .arg("-drive")
-        .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", b.firmware.code.display()))
-        .arg("-drive")
-        .arg(format!("if=pflash,format=raw,unit=1,snapshot=on,file={}", b.firmware.vars.display()))
+        .args(firmware_args(board))
         .spawn(output.try_clone()?, output)?;
     let start = Instant::now();
     let works = loop {
@@ -171,6 +177,20 @@ fn kvm_probe(board: &Board) -> Result<bool> {
     Ok(works)
 }
 
+/// Connects to a socket QEMU creates once it has started, retrying for up to `limit`.
+fn connect_unix(socket: &Path, limit: Duration, what: &str) -> Result<UnixStream> {
+    let start = Instant::now();
+    loop {
+        match UnixStream::connect(socket) {
+            Ok(stream) => return Ok(stream),
+            Err(e) if start.elapsed() > limit => {
+                return Err(e).with_context(|| format!("connecting to {what} {}", socket.display()))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
 /// A QMP connection (line-delimited JSON over a unix socket).
 pub struct Qmp {
     reader: BufReader<UnixStream>,
@@ -180,16 +200,7 @@ pub struct Qmp {
 impl Qmp {
     /// Connects (waiting up to `limit` for QEMU to create the socket) and negotiates capabilities.
     pub fn connect(socket: &Path, limit: Duration) -> Result<Qmp> {
-        let start = Instant::now();
-        let stream = loop {
-            match UnixStream::connect(socket) {
-                Ok(s) => break s,
-                Err(e) if start.elapsed() > limit => {
-                    return Err(e).with_context(|| format!("connecting to QMP socket {}", socket.display()))
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(50)),
-            }
-        };
+        let stream = connect_unix(socket, limit, "QMP socket")?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         let mut qmp = Qmp { reader: BufReader::new(stream.try_clone()?), writer: stream };
         let greeting = qmp.read_message()?;
@@ -236,16 +247,7 @@ pub struct GuestAgent {
 impl GuestAgent {
     /// Connects to the socket QEMU listens on (it exists once QEMU has started).
     pub fn connect(socket: &Path, limit: Duration) -> Result<GuestAgent> {
-        let start = Instant::now();
-        let stream = loop {
-            match UnixStream::connect(socket) {
-                Ok(s) => break s,
-                Err(e) if start.elapsed() > limit => {
-                    return Err(e).with_context(|| format!("connecting to the guest agent socket {}", socket.display()))
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(50)),
-            }
-        };
+        let stream = connect_unix(socket, limit, "the guest agent socket")?;
         // Seeded from the clock so ids differ between runs (a stale reply cannot match).
         let seed =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
