@@ -2,7 +2,8 @@
 //! /sys/fs/cgroup/kubepods (created empty for the kubelet), so the node's own processes and the
 //! applications it runs are accounted and limited apart.
 
-use crate::{sys, Context, Fallible};
+use crate::fallible::{Context, Fallible};
+use crate::sys;
 use std::fs;
 
 pub const ROOT: &str = "/sys/fs/cgroup";

@@ -3,8 +3,8 @@
 //! Version), spoken directly over the socket. Only a serving containerd can answer it, and machined
 //! saves starting ctr, a 23 MB Go program that takes seconds to start under emulation.
 
+use crate::fallible::Fallible;
 use crate::parse::{Restart, ServiceSpec};
-use crate::Fallible;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;

@@ -1,11 +1,26 @@
-//! Device links udev would make: /dev/virtio-ports/<name> for each named virtio-serial port (the
-//! guest agent's is org.qemu.guest_agent.0). No udev runs on the node, so machined makes them.
+//! Device nodes and the links udev would make: waiting for a node devtmpfs creates, and
+//! /dev/virtio-ports/<name> for each named virtio-serial port (the guest agent's is
+//! org.qemu.guest_agent.0). No udev runs on the node, so machined makes them.
 
+use crate::fallible::Fallible;
 use std::fs;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 const PORTS_CLASS: &str = "/sys/class/virtio-ports";
 const LINK_DIR: &str = "/dev/virtio-ports";
+
+/// Waits until `path` exists (devtmpfs creates device nodes as the kernel registers devices).
+pub fn wait_for_path(path: &str, timeout: Duration) -> Fallible<()> {
+    let start = Instant::now();
+    while !Path::new(path).exists() {
+        if start.elapsed() > timeout {
+            return Err(format!("{path} did not appear within {timeout:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
 
 /// Creates the missing links; returns the names linked so far (all of them, not just new ones).
 pub fn link_virtio_ports() -> Vec<String> {
@@ -29,7 +44,7 @@ pub fn link_virtio_ports() -> Vec<String> {
             let made =
                 fs::create_dir_all(LINK_DIR).and_then(|()| std::os::unix::fs::symlink(format!("../{port}"), &link));
             if let Err(e) = made {
-                crate::console_write(format!("machined: cannot link {link} -> ../{port}: {e}\n").as_bytes());
+                crate::console::write(format!("machined: cannot link {link} -> ../{port}: {e}\n").as_bytes());
                 continue;
             }
         }

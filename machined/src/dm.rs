@@ -5,8 +5,8 @@
 //! Every request is a `struct dm_ioctl` (312 bytes) followed by its payload, built in a byte buffer
 //! at the offsets of include/uapi/linux/dm-ioctl.h, which are the same on x86_64 and aarch64.
 
+use crate::fallible::Fallible;
 use crate::sys;
-use crate::Fallible;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::raw::c_ulong;
@@ -117,7 +117,7 @@ pub fn create_ephemeral_crypt(name: &str, backing: &str, sectors: u64) -> Fallib
         let _ = remove(name);
         return Err(e);
     }
-    crate::wait_for_path(&mapped.path, Duration::from_secs(5))?;
+    crate::devices::wait_for_path(&mapped.path, Duration::from_secs(5))?;
     Ok(mapped)
 }
 

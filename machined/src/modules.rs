@@ -8,15 +8,15 @@
 //! switched). The thread only makes the system call and records names; machined forks children
 //! meanwhile, which glibc's fork makes safe for its allocator, and no child touches the loader.
 
-use crate::{parse, sys, Context, Fallible};
+use crate::fallible::{Context, Fallible};
+use crate::protocol::MODULE_LIST;
+use crate::{parse, sys};
 use std::fs::{self, File};
 use std::io;
 use std::os::raw::c_long;
 use std::os::unix::io::AsRawFd;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-
-pub const MODULE_LIST: &str = "/etc/machined/modules";
 
 #[derive(Default)]
 struct Progress {

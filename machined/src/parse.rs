@@ -1,5 +1,7 @@
 //! Pure parsing helpers (no system calls), unit-tested on the host.
 
+use crate::protocol::SERVICE_ROOTS;
+
 /// The value of `key` in an os-release(5) file, unquoted; the last assignment wins.
 pub fn os_release_get(text: &str, key: &str) -> Option<String> {
     let mut found = None;
@@ -219,8 +221,6 @@ pub struct ServiceSpec {
 }
 
 /// Where extension services must keep their roots (as in Talos).
-pub const EXTENSION_SERVICE_ROOTS: &str = "/usr/local/lib/containers/";
-
 /// Parses an extension service file (`/usr/local/etc/containers/<name>.machined`): `key=value` lines,
 /// keys name, root, entrypoint, arg (repeated), depends-path (repeated), restart, bind (repeated).
 /// Unknown keys and unsafe paths are errors naming the line.
@@ -308,8 +308,8 @@ pub fn service_spec(text: &str) -> Result<ServiceSpec, String> {
         return Err(format!("name={name:?} must be ASCII letters, digits, '-', '_', '.'"));
     }
     let root = root.ok_or("no root=")?;
-    if !is_clean_abs_path(&root) || !root.starts_with(EXTENSION_SERVICE_ROOTS) {
-        return Err(format!("root={root:?} must be a clean path under {EXTENSION_SERVICE_ROOTS}"));
+    if !is_clean_abs_path(&root) || !root.strip_prefix(SERVICE_ROOTS).map_or(false, |rest| rest.starts_with('/')) {
+        return Err(format!("root={root:?} must be a clean path under {SERVICE_ROOTS}/"));
     }
     let entrypoint = entrypoint.ok_or("no entrypoint=")?;
     if !is_clean_abs_path(&entrypoint) {

@@ -2,8 +2,11 @@
 //! layers (from the second, appended initramfs cpio) over it as a read-only overlayfs, then switched
 //! into. The initramfs stays in memory underneath: it holds the images that back the loop devices.
 
+use crate::devices::wait_for_path;
+use crate::fallible::{Context, Fallible};
 use crate::parse::{self, ExtensionLayer};
-use crate::{sys, wait_for_path, Context, Fallible};
+use crate::protocol::{EXTENSION_LIST, ROOT_IMAGE};
+use crate::sys;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::raw::c_ulong;
@@ -13,8 +16,6 @@ use std::time::Duration;
 
 /// One line per layer, `<name> <version> <image>`, in mount order: each layer lies over the ones
 /// before it, the first directly over the root image. Absent when the image has no extensions.
-pub const EXTENSION_LIST: &str = "/etc/machined/extensions";
-const ROOT_IMAGE: &str = "/rootfs.sqsh";
 const NEW_ROOT: &str = "/newroot";
 /// Where the layers are mounted in the initramfs, out of sight once the root is switched.
 const LAYERS: &str = "/layers";

@@ -5,7 +5,9 @@
 //! and is formatted every boot; nothing written in one boot can be read in the next, or by anyone
 //! holding the disk. Without a scratch disk, /var is a tmpfs.
 
-use crate::{dm, parse, sys, Context, Fallible};
+use crate::fallible::{Context, Fallible};
+use crate::protocol::{MARKER_PREFIX, SCRATCH_SERIAL_ARG};
+use crate::{dm, parse, sys};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -13,7 +15,6 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub const SERIAL_FLAG: &str = "machined.scratch-serial";
 const MAPPED_NAME: &str = "scratch";
 const MKE2FS: &str = "/usr/sbin/mke2fs";
 const VAR: &str = "/var";
@@ -47,12 +48,12 @@ pub struct Formatting {
 
 /// Finds the scratch disk, maps it through dm-crypt and starts mke2fs on the mapping.
 pub fn begin(cmdline: &str, milestones: &mut Vec<(&'static str, u64)>) -> Result<Formatting, Outcome> {
-    let serial = match parse::cmdline_value(cmdline, SERIAL_FLAG) {
+    let serial = match parse::cmdline_value(cmdline, SCRATCH_SERIAL_ARG) {
         Some(s) if !s.is_empty() => s,
         _ => {
             return Err(Outcome::Tmpfs {
                 missing: true,
-                reason: format!("the kernel command line names no scratch disk ({SERIAL_FLAG}=)"),
+                reason: format!("the kernel command line names no scratch disk ({SCRATCH_SERIAL_ARG}=)"),
             })
         }
     };
@@ -148,7 +149,7 @@ fn populate_var() -> Fallible<()> {
 fn write_marker() -> Fallible<String> {
     let mut random = [0u8; 16];
     sys::random_bytes(&mut random).ctx(|| "getrandom for the marker".into())?;
-    let marker = format!("NODEIMG-MARKER-{}", parse::hex(&random));
+    let marker = format!("{MARKER_PREFIX}{}", parse::hex(&random));
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)

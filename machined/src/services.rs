@@ -11,8 +11,10 @@
 //! only other threads (the boot-time module loader and page-cache prefetch) hold no lock the child
 //! needs: it makes system calls and allocates, which glibc's fork keeps consistent.
 
+use crate::fallible::Fallible;
 use crate::parse::{self, LineBuffer, Restart, ServiceSpec};
-use crate::{cgroups, sys, Fallible};
+use crate::protocol::{SERVICE, SERVICE_RESTARTING, SERVICE_SPECS, SERVICE_SUFFIX};
+use crate::{cgroups, sys};
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::raw::c_int;
@@ -23,7 +25,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub const SERVICE_DIR: &str = "/usr/local/etc/containers";
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Where each isolated service's mount staging directory lives (a tmpfs mounted in its own
 /// namespace, so the node sees only empty directories).
@@ -96,7 +97,7 @@ impl Supervisor {
         let prefix = format!("[{}] ", spec.name);
         for (path, content) in &spec.create_files {
             if let Err(e) = create_node_file(path, content) {
-                crate::console_write(format!("{prefix}cannot create {path}: {e}\n").as_bytes());
+                crate::console::write(format!("{prefix}cannot create {path}: {e}\n").as_bytes());
             }
         }
         self.services.push(Service {
@@ -112,7 +113,7 @@ impl Supervisor {
 
     /// A service whose file could not be read; reported, never started.
     pub fn add_invalid(&mut self, name: &str, error: String) {
-        crate::console_write(format!("MACHINED-SERVICE name={name} invalid: {error}\n").as_bytes());
+        crate::console::write(format!("{SERVICE}{name} invalid: {error}\n").as_bytes());
         self.services.push(Service {
             spec: ServiceSpec {
                 name: name.to_string(),
@@ -180,9 +181,8 @@ impl Supervisor {
         match self.spawn(i) {
             Ok((pid, log)) => {
                 let svc = &mut self.services[i];
-                crate::console_write(
-                    format!("MACHINED-SERVICE name={} started pid={pid} restarts={}\n", svc.spec.name, svc.restarts)
-                        .as_bytes(),
+                crate::console::write(
+                    format!("{SERVICE}{} started pid={pid} restarts={}\n", svc.spec.name, svc.restarts).as_bytes(),
                 );
                 svc.state = State::Running { pid, since: Instant::now() };
                 svc.log = Some((log, LineBuffer::default()));
@@ -191,13 +191,9 @@ impl Supervisor {
                 let svc = &mut self.services[i];
                 svc.failures += 1;
                 let delay = parse::restart_backoff(svc.failures);
-                crate::console_write(
-                    format!(
-                        "MACHINED-SERVICE name={} failed to start: {e}; retrying in {} s\n",
-                        svc.spec.name,
-                        delay.as_secs()
-                    )
-                    .as_bytes(),
+                crate::console::write(
+                    format!("{SERVICE}{} failed to start: {e}; retrying in {} s\n", svc.spec.name, delay.as_secs())
+                        .as_bytes(),
                 );
                 svc.state = State::Backoff(Instant::now() + delay);
             }
@@ -244,7 +240,7 @@ impl Supervisor {
                 let spawned = cmd.spawn();
                 // SAFETY: own_pid_ns is an open /proc/self/ns/pid descriptor.
                 if let Err(e) = sys::check(unsafe { sys::setns(self.own_pid_ns.as_raw_fd(), sys::CLONE_NEWPID) }) {
-                    crate::fatal(&format!("return to machined's PID namespace after starting {name}: {e}"));
+                    crate::console::fatal(&format!("return to machined's PID namespace after starting {name}: {e}"));
                 }
                 spawned
             }
@@ -265,7 +261,7 @@ impl Supervisor {
                     lines.push(&buf[..n], &self.services[i].prefix, &mut out);
                 }
                 lines.flush(&self.services[i].prefix, &mut out);
-                crate::console_write(&out);
+                crate::console::write(&out);
                 Err(format!("start {}: {e}", self.services[i].spec.entrypoint))
             }
         }
@@ -285,18 +281,17 @@ impl Supervisor {
         };
         let how = describe_wait_status(wait_status);
         if stopping || svc.spec.restart == Restart::Never {
-            crate::console_write(
-                format!("MACHINED-SERVICE name={} exited ({how}) after {:.1} s\n", svc.spec.name, ran.as_secs_f64())
-                    .as_bytes(),
+            crate::console::write(
+                format!("{SERVICE}{} exited ({how}) after {:.1} s\n", svc.spec.name, ran.as_secs_f64()).as_bytes(),
             );
             svc.state = State::Exited;
             return true;
         }
         svc.failures = if ran >= HEALTHY_RUN { 1 } else { svc.failures + 1 };
         let delay = parse::restart_backoff(svc.failures);
-        crate::console_write(
+        crate::console::write(
             format!(
-                "MACHINED-SERVICE name={} exited ({how}) after {:.1} s; restarting in {} s\n",
+                "{SERVICE}{} exited ({how}) after {:.1} s; {SERVICE_RESTARTING} {} s\n",
                 svc.spec.name,
                 ran.as_secs_f64(),
                 delay.as_secs()
@@ -339,7 +334,7 @@ impl Supervisor {
             svc.log = None;
         }
         if !out.is_empty() {
-            crate::console_write(&out);
+            crate::console::write(&out);
         }
     }
 
@@ -409,7 +404,7 @@ impl Supervisor {
             }
             for (name, pid) in &running {
                 if sig == sys::SIGKILL {
-                    crate::console_write(format!("MACHINED-SERVICE name={name} did not stop; SIGKILL\n").as_bytes());
+                    crate::console::write(format!("{SERVICE}{name} did not stop; SIGKILL\n").as_bytes());
                 }
                 // SAFETY: plain system call; the pid is a child machined has not reaped yet.
                 unsafe { sys::kill(*pid, sig) };
@@ -615,14 +610,14 @@ impl Isolated {
 /// An extension service as read from its file: its spec, or (name, why it is unusable).
 pub type Discovered = Result<ServiceSpec, (String, String)>;
 
-/// Reads the extension services' files (`*.machined` in SERVICE_DIR), sorted by name. A file that does
+/// Reads the extension services' files (`*.machined` in SERVICE_SPECS), sorted by name. A file that does
 /// not parse becomes an invalid service (reported, never started) rather than stopping the node.
 pub fn discover() -> Vec<Discovered> {
-    let mut files: Vec<String> = match fs::read_dir(SERVICE_DIR) {
+    let mut files: Vec<String> = match fs::read_dir(SERVICE_SPECS) {
         Ok(entries) => entries
             .filter_map(|e| e.ok())
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".machined"))
+            .filter(|n| n.strip_suffix(SERVICE_SUFFIX).map_or(false, |stem| stem.ends_with('.')))
             .collect(),
         Err(_) => return Vec::new(), // no extension services
     };
@@ -630,8 +625,8 @@ pub fn discover() -> Vec<Discovered> {
     files
         .into_iter()
         .map(|file| {
-            let stem = file.trim_end_matches(".machined").to_string();
-            let path = format!("{SERVICE_DIR}/{file}");
+            let stem = file[..file.len() - SERVICE_SUFFIX.len() - 1].to_string();
+            let path = format!("{SERVICE_SPECS}/{file}");
             fs::read_to_string(&path)
                 .map_err(|e| format!("read {path}: {e}"))
                 .and_then(|text| parse::service_spec(&text).map_err(|e| format!("{path}: {e}")))

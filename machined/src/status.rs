@@ -1,0 +1,194 @@
+//! What machined reports once the node is up: the one status line's model and its JSON.
+
+use crate::{cgroups, containerd, json, scratch, services};
+
+/// An extension as reported.
+pub struct ExtensionStatus {
+    pub name: String,
+    pub version: String,
+}
+
+/// containerd as reported.
+pub enum ContainerdStatus {
+    /// The root has no /usr/bin/containerd.
+    Missing,
+    Answered {
+        version: String,
+        revision: Option<String>,
+    },
+    NotAnswering {
+        error: String,
+    },
+}
+
+/// What machined reports once the node is up.
+pub struct Status {
+    pub arch: &'static str,
+    pub image: String,
+    pub version: String,
+    pub kernel: String,
+    pub root_fstype: Option<String>,
+    pub root_read_only: bool,
+    pub root_write_errno: Option<i32>,
+    pub modules: Vec<String>,
+    pub cmdline: String,
+    pub loop_device: String,
+    pub ready: bool,
+    pub extensions: Vec<ExtensionStatus>,
+    pub containerd: ContainerdStatus,
+    pub services: Vec<services::Summary>,
+    pub scratch: json::Object,
+    pub shells_found: Vec<String>,
+    pub shells_checked: u64,
+    pub cgroup_controllers: Vec<String>,
+    pub virtio_ports: Vec<String>,
+    pub milestones_ms: Vec<(&'static str, u64)>,
+}
+
+/// The status as one JSON object on one line.
+pub fn status_json(s: Status) -> String {
+    let mut milestones = json::Object::new();
+    for (name, ms) in &s.milestones_ms {
+        milestones = milestones.u64(name, *ms);
+    }
+    let extensions =
+        s.extensions.iter().map(|e| json::Object::new().str("name", &e.name).str("version", &e.version)).collect();
+    let containerd = json::Object::new().str("socket", containerd::SOCKET);
+    let containerd = match &s.containerd {
+        ContainerdStatus::Missing => containerd.bool("missing", true),
+        ContainerdStatus::Answered { version, revision } => {
+            containerd.str("version", version).opt_str("revision", revision.as_deref())
+        }
+        ContainerdStatus::NotAnswering { error } => containerd.str("error", error),
+    };
+    let services = s
+        .services
+        .iter()
+        .map(|svc| {
+            json::Object::new()
+                .str("name", &svc.name)
+                .opt_i64("pid", svc.pid.map(i64::from))
+                .u64("restarts", u64::from(svc.restarts))
+                .str("state", &svc.state)
+                .opt_str("cgroup", svc.cgroup.as_deref())
+                .str_array("namespaces", &svc.namespaces)
+        })
+        .collect();
+    let cgroups = json::Object::new()
+        .str("system", cgroups::SYSTEM)
+        .str("kubepods", cgroups::KUBEPODS)
+        .str_array("controllers", &s.cgroup_controllers);
+    json::Object::new()
+        .str("arch", s.arch)
+        .str("image", &s.image)
+        .str("version", &s.version)
+        .str("kernel", &s.kernel)
+        .opt_str("root_fstype", s.root_fstype.as_deref())
+        .bool("root_read_only", s.root_read_only)
+        .opt_i64("root_write_errno", s.root_write_errno.map(i64::from))
+        .str_array("modules", &s.modules)
+        .str("cmdline", &s.cmdline)
+        .str("loop_device", &s.loop_device)
+        .bool("ready", s.ready)
+        .objects("extensions", extensions)
+        .object("containerd", containerd)
+        .objects("services", services)
+        .object("scratch", s.scratch)
+        .str_array("shells_found", &s.shells_found)
+        .u64("shells_checked", s.shells_checked)
+        .object("cgroups", cgroups)
+        .str_array("virtio_ports", &s.virtio_ports)
+        .object("milestones_ms", milestones)
+        .finish()
+}
+
+pub fn scratch_json(outcome: &scratch::Outcome) -> json::Object {
+    match outcome {
+        scratch::Outcome::Encrypted(m) => json::Object::new()
+            .str("device", &m.device)
+            .str("mapped", &m.mapped.path)
+            .str("cipher", "aes-xts-plain64")
+            .str("fstype", m.fstype)
+            .str("marker", &m.marker),
+        scratch::Outcome::Tmpfs { missing, reason } => {
+            let o = json::Object::new().bool("missing", *missing).str("var", "tmpfs");
+            if *missing {
+                o.str("reason", reason)
+            } else {
+                o.str("error", reason)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Status {
+        Status {
+            arch: "arm64",
+            image: "node".into(),
+            version: "1.0".into(),
+            kernel: "6.1.0-50-cloud-arm64".into(),
+            root_fstype: Some("overlay".into()),
+            root_read_only: true,
+            root_write_errno: Some(30),
+            modules: vec!["loop".into(), "squashfs".into()],
+            cmdline: "console=ttyAMA0 \"quoted\"".into(),
+            loop_device: "/dev/loop0".into(),
+            ready: true,
+            extensions: vec![ExtensionStatus { name: "qemu-guest-agent".into(), version: "7.2".into() }],
+            containerd: ContainerdStatus::Answered { version: "1.6.20".into(), revision: None },
+            services: vec![services::Summary {
+                name: "containerd".into(),
+                pid: Some(42),
+                restarts: 0,
+                state: "running".into(),
+                cgroup: Some("/system/containerd".into()),
+                namespaces: vec![],
+            }],
+            scratch: scratch_json(&scratch::Outcome::Tmpfs { missing: true, reason: "none".into() }),
+            shells_found: vec![],
+            shells_checked: 7,
+            cgroup_controllers: vec!["cpu".into(), "memory".into()],
+            virtio_ports: vec!["org.qemu.guest_agent.0".into()],
+            milestones_ms: vec![("init_start", 1), ("modules_loaded", 2), ("root_mounted", 3), ("ready", 4)],
+        }
+    }
+
+    #[test]
+    fn status_line_has_every_field() {
+        assert_eq!(
+            status_json(sample()),
+            concat!(
+                r#"{"arch":"arm64","image":"node","version":"1.0","kernel":"6.1.0-50-cloud-arm64","root_fstype":"overlay","#,
+                r#""root_read_only":true,"root_write_errno":30,"modules":["loop","squashfs"],"#,
+                r#""cmdline":"console=ttyAMA0 \"quoted\"","loop_device":"/dev/loop0","ready":true,"#,
+                r#""extensions":[{"name":"qemu-guest-agent","version":"7.2"}],"#,
+                r#""containerd":{"socket":"/run/containerd/containerd.sock","version":"1.6.20","revision":null},"#,
+                r#""services":[{"name":"containerd","pid":42,"restarts":0,"state":"running","cgroup":"/system/containerd","namespaces":[]}],"#,
+                r#""scratch":{"missing":true,"var":"tmpfs","reason":"none"},"shells_found":[],"shells_checked":7,"#,
+                r#""cgroups":{"system":"/sys/fs/cgroup/system","kubepods":"/sys/fs/cgroup/kubepods","controllers":["cpu","memory"]},"#,
+                r#""virtio_ports":["org.qemu.guest_agent.0"],"#,
+                r#""milestones_ms":{"init_start":1,"modules_loaded":2,"root_mounted":3,"ready":4}}"#
+            )
+        );
+    }
+
+    #[test]
+    fn containerd_and_scratch_variants() {
+        let mut s = sample();
+        s.containerd = ContainerdStatus::NotAnswering { error: "connect: refused".into() };
+        s.scratch = scratch_json(&scratch::Outcome::Tmpfs { missing: false, reason: "has a GPT".into() });
+        let line = status_json(s);
+        assert!(
+            line.contains(r#""containerd":{"socket":"/run/containerd/containerd.sock","error":"connect: refused"}"#),
+            "{line}"
+        );
+        assert!(line.contains(r#""scratch":{"missing":false,"var":"tmpfs","error":"has a GPT"}"#), "{line}");
+        let mut s = sample();
+        s.containerd = ContainerdStatus::Missing;
+        assert!(status_json(s).contains(r#""containerd":{"socket":"/run/containerd/containerd.sock","missing":true}"#));
+    }
+}
