@@ -165,7 +165,7 @@ fn build_check_and_boot(arch: &str) {
     let boot: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     check_node(&boot, &manifest, arch);
     let log = std::fs::read_to_string(dir.join("boot.log")).unwrap();
-    for line in ["MACHINED-STATUS", "MACHINED-SHUTDOWN", "MACHINED-SCRATCH-CLOSED"] {
+    for line in [protocol::STATUS, protocol::SHUTDOWN, protocol::SCRATCH_CLOSED] {
         assert!(log.contains(line), "boot.log lacks {line}:\n{log}");
     }
     assert!(log.contains("[containerd] "), "containerd's output is not on the console:\n{log}");
@@ -305,12 +305,12 @@ fn failing_boot_and_timeout_fail_boot_test_with_the_console_tail() {
     let mut boot = xtask();
     with_dirs(&mut boot);
     let stderr = fails(boot.args(["boot-test", "--arch", "amd64"]));
-    assert!(stderr.contains("MACHINED-FATAL") && stderr.contains("loop"), "{stderr}");
+    assert!(stderr.contains(protocol::FATAL) && stderr.contains("loop"), "{stderr}");
 
     let mut boot = xtask();
     with_dirs(&mut boot);
     let stderr = fails(boot.args(["boot-test", "--arch", "amd64", "--timeout", "1"]));
-    assert!(stderr.contains("no MACHINED-STATUS line within 1 s"), "{stderr}");
+    assert!(stderr.contains(&format!("no {} line within 1 s", protocol::STATUS.trim())), "{stderr}");
     let qemu_left = std::process::Command::new("pgrep").args(["-f", &out.display().to_string()]).output().unwrap();
     assert!(qemu_left.stdout.is_empty(), "QEMU still running: {}", String::from_utf8_lossy(&qemu_left.stdout));
 }

@@ -74,7 +74,8 @@ fn output_dir(dir: &Path, artifacts: &[(&str, Vec<u8>)]) {
     }
     let manifest = serde_json::json!({
         "image": "node", "version": "0.1.0", "arch": "arm64", "board": "qemu-arm64",
-        "source_date_epoch": 1_700_000_000u64, "lock_sha256": sha256_hex(b"lock"), "artifacts": listed,
+        "source_date_epoch": 1_700_000_000u64, "lock_sha256": sha256_hex(b"lock"),
+        "kernel": "6.1.0-test-arm64", "cmdline": "console=ttyAMA0", "artifacts": listed,
     });
     std::fs::write(dir.join("manifest.json"), serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
 }

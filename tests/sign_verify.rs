@@ -60,7 +60,8 @@ fn write_output_dir(dir: &Path) {
     }
     let manifest = serde_json::json!({
         "image": "node", "version": "0.1.0", "arch": "arm64", "board": "qemu-arm64",
-        "source_date_epoch": 1_700_000_000u64, "lock_sha256": sha256_hex(b"lock"), "artifacts": artifacts,
+        "source_date_epoch": 1_700_000_000u64, "lock_sha256": sha256_hex(b"lock"),
+        "kernel": "6.1.0-test-arm64", "cmdline": "console=ttyAMA0", "artifacts": artifacts,
     });
     std::fs::write(dir.join("manifest.json"), serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
 }

@@ -3,6 +3,10 @@
 
 #![allow(dead_code)]
 
+/// The console lines, kernel arguments and file names machined and the builder agree on.
+#[path = "../../machined/src/protocol.rs"]
+pub mod protocol;
+
 use assert_cmd::Command;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

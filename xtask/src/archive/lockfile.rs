@@ -4,7 +4,9 @@
 //! unchanged archive changes nothing and a diff of the lock reads as a diff of the image.
 
 use super::resolve::Follow;
+use crate::spec::names::PackageSet;
 use crate::spec::Arch;
+use crate::util::digest::sha256_reader;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -39,7 +41,7 @@ pub struct Lock {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct LockedSet {
-    pub name: String,
+    pub name: PackageSet,
     pub arch: Arch,
     pub roots: Vec<String>,
     pub exclude: Vec<String>,
@@ -50,7 +52,7 @@ pub struct LockedSet {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct LockedPackage {
-    pub set: String,
+    pub set: PackageSet,
     pub name: String,
     pub version: String,
     /// The package's own Architecture (`all` for arch-independent packages).
@@ -88,9 +90,8 @@ impl Lock {
     /// Reads and checks a lockfile; errors name the file and the line or entry.
     pub fn load(path: &Path) -> Result<Lock> {
         let mut lock: Lock = crate::spec::load_toml(path)?;
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let (digest, _) =
-            crate::digest::sha256_reader(&bytes[..]).with_context(|| format!("hashing {}", path.display()))?;
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let (digest, _) = sha256_reader(&bytes[..]).with_context(|| format!("hashing {}", path.display()))?;
         lock.file_sha256 = Some(digest);
         if lock.format != FORMAT_VERSION {
             bail!(
@@ -138,16 +139,7 @@ impl Lock {
         if std::fs::read(path).ok().as_deref() == Some(text.as_bytes()) {
             return Ok(false);
         }
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let mut temp = tempfile::Builder::new()
-            .prefix(".lock-")
-            .tempfile_in(dir)
-            .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-        std::io::Write::write_all(&mut temp, text.as_bytes())
-            .with_context(|| format!("writing {}", temp.path().display()))?;
-        temp.as_file().sync_all().with_context(|| format!("writing {}", temp.path().display()))?;
-        crate::fetch::set_readable(temp.path())?;
-        temp.persist(path).with_context(|| format!("replacing {}", path.display()))?;
+        crate::util::fs::write_atomic(path, text.as_bytes())?;
         Ok(true)
     }
 
@@ -156,7 +148,7 @@ impl Lock {
         if let Some(digest) = &self.file_sha256 {
             return Ok(digest.clone());
         }
-        let (digest, _) = crate::digest::sha256_reader(self.render()?.as_bytes()).context("hashing the lock")?;
+        let (digest, _) = sha256_reader(self.render()?.as_bytes()).context("hashing the lock")?;
         Ok(digest)
     }
 
@@ -166,13 +158,13 @@ impl Lock {
     }
 
     /// The packages of one set for `arch`.
-    pub fn packages_in(&self, arch: Arch, set: &str) -> Vec<&LockedPackage> {
-        self.packages.iter().filter(|p| p.target_arch == arch && p.set == set).collect()
+    pub fn packages_in(&self, arch: Arch, set: &PackageSet) -> Vec<&LockedPackage> {
+        self.packages.iter().filter(|p| p.target_arch == arch && &p.set == set).collect()
     }
 
     /// The recorded inputs of one set.
-    pub fn set(&self, arch: Arch, name: &str) -> Option<&LockedSet> {
-        self.sets.iter().find(|set| set.arch == arch && set.name == name)
+    pub fn set(&self, arch: Arch, name: &PackageSet) -> Option<&LockedSet> {
+        self.sets.iter().find(|set| set.arch == arch && &set.name == name)
     }
 }
 
@@ -182,7 +174,7 @@ mod tests {
 
     fn sample() -> Lock {
         let package = |set: &str, name: &str, arch: Arch| LockedPackage {
-            set: set.into(),
+            set: PackageSet::parse(set).unwrap(),
             name: name.into(),
             version: "1.0-1".into(),
             arch: "all".into(),
@@ -192,7 +184,7 @@ mod tests {
             sha256: "ab".repeat(32),
         };
         let set = |name: &str, arch: Arch| LockedSet {
-            name: name.into(),
+            name: PackageSet::parse(name).unwrap(),
             arch,
             roots: vec!["z".into()],
             exclude: vec![],
@@ -221,10 +213,17 @@ mod tests {
         assert_eq!(loaded, lock);
         assert_eq!(loaded.render().unwrap(), std::fs::read_to_string(&path).unwrap());
         assert_eq!(loaded.sha256().unwrap(), lock.sha256().unwrap());
-        let order: Vec<_> = loaded.packages.iter().map(|p| (p.target_arch, p.set.as_str(), p.name.as_str())).collect();
-        assert_eq!(order, [(Arch::Amd64, "kernel", "y"), (Arch::Amd64, "rootfs", "b"), (Arch::Arm64, "rootfs", "z")]);
+        let order: Vec<_> = loaded.packages.iter().map(|p| (p.target_arch, p.set.name(), p.name.as_str())).collect();
+        assert_eq!(
+            order,
+            [
+                (Arch::Amd64, "kernel".to_string(), "y"),
+                (Arch::Amd64, "rootfs".to_string(), "b"),
+                (Arch::Arm64, "rootfs".to_string(), "z")
+            ]
+        );
         assert_eq!(loaded.packages_for(Arch::Amd64).len(), 2);
-        assert_eq!(loaded.packages_in(Arch::Amd64, "kernel").len(), 1);
+        assert_eq!(loaded.packages_in(Arch::Amd64, &PackageSet::Kernel).len(), 1);
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.starts_with("# Generated by `cargo xtask lock`"), "{text}");
         assert!(text.contains("[[package]]") && text.contains("follow = \"all\""), "{text}");

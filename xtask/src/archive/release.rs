@@ -2,15 +2,25 @@
 //! keyring, and the Packages indexes it vouches for by size and SHA256. Only the content gpgv
 //! prints is used, so text outside the signature cannot smuggle in entries.
 
+use super::cache::Cache;
 use super::http;
 use super::packages::Index;
-use crate::cmd::cmd;
-use crate::fetch::Cache;
+use crate::util::cmd::cmd;
+use crate::util::deb822;
+use crate::util::host::{req, Requirement};
 use anyhow::{bail, Context, Result};
 use std::io::Read;
 use std::path::Path;
 
 pub const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+
+/// What reading the archive needs on the host.
+pub fn requirements() -> Vec<Requirement> {
+    vec![
+        req("gpgv", "gpgv", "verifying the Debian archive's InRelease"),
+        req(KEYRING, "debian-archive-keyring", "verifying the Debian archive"),
+    ]
+}
 
 /// One file listed in the Release SHA256 section.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,40 +80,28 @@ pub fn verify(signed: &[u8]) -> Result<String> {
 
 /// Parses the Release fields from verified content; `origin` names it in errors.
 pub fn parse(text: &str, origin: &str) -> Result<Release> {
+    let paragraphs = deb822::paragraphs(text);
+    let fields = paragraphs.first().with_context(|| format!("{origin}: empty; is this a Debian Release file?"))?;
+    let get = |key: &str| fields.get(key).unwrap_or_default().to_string();
     let mut release = Release {
         url: origin.to_string(),
-        suite: String::new(),
-        codename: String::new(),
-        date: String::new(),
-        acquire_by_hash: false,
+        suite: get("Suite"),
+        codename: get("Codename"),
+        date: get("Date"),
+        acquire_by_hash: get("Acquire-By-Hash") == "yes",
         sha256: Vec::new(),
     };
-    let mut in_sha256 = false;
-    for (index, line) in text.lines().enumerate() {
-        if line.starts_with([' ', '\t']) {
-            if in_sha256 {
-                let words: Vec<&str> = line.split_whitespace().collect();
-                let [sha256, size, path] = words[..] else {
-                    bail!("{origin} line {}: SHA256 entry is not `digest size path`: {line:?}", index + 1);
-                };
-                let size = size.parse().with_context(|| {
-                    format!("{origin} line {}: SHA256 entry size {size:?} is not a number", index + 1)
-                })?;
-                release.sha256.push(IndexFile { path: path.to_string(), size, sha256: sha256.to_ascii_lowercase() });
-            }
-            continue;
-        }
-        let Some((key, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        in_sha256 = key == "SHA256";
-        match key {
-            "Suite" => release.suite = value.to_string(),
-            "Codename" => release.codename = value.to_string(),
-            "Date" => release.date = value.to_string(),
-            "Acquire-By-Hash" => release.acquire_by_hash = value == "yes",
-            _ => {}
+    if let Some(field) = fields.field("SHA256") {
+        // The value's first line is empty; each continuation line is one `digest size path` entry.
+        for (line, number) in field.value.lines().skip(1).zip(&field.continuation_lines) {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let [sha256, size, path] = words[..] else {
+                bail!("{origin} line {number}: SHA256 entry is not `digest size path`: {line:?}");
+            };
+            let size = size
+                .parse()
+                .with_context(|| format!("{origin} line {number}: SHA256 entry size {size:?} is not a number"))?;
+            release.sha256.push(IndexFile { path: path.to_string(), size, sha256: sha256.to_ascii_lowercase() });
         }
     }
     if release.sha256.is_empty() {
@@ -128,7 +126,7 @@ pub fn load_packages(release: &Release, component: &str, arch: &str, cache: &Cac
             let by_hash = format!("{suite_dir}/{component}/binary-{arch}/by-hash/SHA256/{}", entry.sha256);
             let plain = format!("{suite_dir}/{relative}");
             let urls: Vec<&str> = if release.acquire_by_hash { vec![&by_hash, &plain] } else { vec![&plain] };
-            let bar = crate::progress::bytes(format!("Packages {component}/{arch}"), entry.size);
+            let bar = crate::util::progress::bytes(format!("Packages {component}/{arch}"), entry.size);
             let mut result = None;
             for url in urls {
                 match cache.download(url, &entry.sha256, entry.size, &bar) {
@@ -178,9 +176,7 @@ mod tests {
 
     #[test]
     fn unsigned_content_is_rejected() {
-        if !Path::new(KEYRING).exists() || !crate::cmd::Cmd::exists("gpgv") {
-            return;
-        }
+        crate::tasks::host_tools::for_unit_tests();
         let err = format!("{:#}", verify(b"Suite: bookworm\n").unwrap_err());
         assert!(err.contains("gpgv"), "{err}");
     }

@@ -2,6 +2,7 @@
 //! partitions aligned to 1 MiB, backup entries and header at the end, 512-byte sectors. Partition
 //! contents are copied in with all-zero blocks skipped, so the image stays sparse where it is empty.
 
+use crate::util::fs::read_full;
 use anyhow::{bail, ensure, Context, Result};
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -259,7 +260,7 @@ pub fn write_gpt_disk(
         .create(true)
         .truncate(true)
         .open(path)
-        .with_context(|| format!("could not create {}", path.display()))?;
+        .with_context(|| format!("creating {}", path.display()))?;
     let result = (|| -> Result<()> {
         disk.set_len(disk_size_bytes)?;
         write_at(&mut disk, 0, &protective_mbr(total_sectors))?;
@@ -267,13 +268,13 @@ pub fn write_gpt_disk(
         write_at(&mut disk, 2 * SECTOR, &entries)?;
         for (part, spec) in layout.iter().zip(partitions) {
             copy_contents(&mut disk, part, spec.contents)
-                .with_context(|| format!("could not write the contents of partition {}", part.number))?;
+                .with_context(|| format!("writing the contents of partition {}", part.number))?;
         }
         write_at(&mut disk, backup_entries_lba * SECTOR, &entries)?;
         write_at(&mut disk, last_lba * SECTOR, &header(last_lba, 1, backup_entries_lba))?;
         Ok(())
     })();
-    result.with_context(|| format!("could not write the disk image {}", path.display()))?;
+    result.with_context(|| format!("writing the disk image {}", path.display()))?;
     Ok(layout)
 }
 
@@ -313,7 +314,7 @@ fn copy_contents(disk: &mut File, part: &PartitionLayout, contents: PartitionCon
         PartitionContents::Empty => return Ok(()),
         PartitionContents::Bytes(bytes) => Box::new(bytes),
         PartitionContents::File(path) => {
-            Box::new(File::open(path).with_context(|| format!("could not open {}", path.display()))?)
+            Box::new(File::open(path).with_context(|| format!("opening {}", path.display()))?)
         }
     };
     const BLOCK: usize = 1 << 20;
@@ -322,7 +323,7 @@ fn copy_contents(disk: &mut File, part: &PartitionLayout, contents: PartitionCon
     let mut offset = part.offset_bytes();
     let end = offset + part.size_bytes();
     loop {
-        let filled = read_full(&mut source, &mut buffer)?;
+        let filled = read_full(&mut source, &mut buffer).context("reading partition contents")?;
         if filled == 0 {
             return Ok(());
         }
@@ -337,23 +338,10 @@ fn copy_contents(disk: &mut File, part: &PartitionLayout, contents: PartitionCon
     }
 }
 
-fn read_full(source: &mut dyn Read, buffer: &mut [u8]) -> Result<usize> {
-    let mut filled = 0;
-    while filled < buffer.len() {
-        match source.read(&mut buffer[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e).context("could not read partition contents"),
-        }
-    }
-    Ok(filled)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cmd::{cmd, Cmd};
+    use crate::util::cmd::cmd;
 
     #[test]
     fn guid_text_and_disk_encodings() {
@@ -415,7 +403,7 @@ mod tests {
 
     #[test]
     fn sgdisk_accepts_the_disk() {
-        crate::hosttools::for_unit_tests();
+        crate::tasks::host_tools::for_unit_tests();
         let dir = tempfile::tempdir().unwrap();
         let esp_data: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8 + 1).collect();
         let root_file = dir.path().join("root.img");
@@ -453,10 +441,6 @@ mod tests {
         write_gpt_disk(&disk, 32 << 20, Guid::derived(b"disk"), &specs).unwrap();
         assert_eq!(std::fs::read(&disk).unwrap(), first, "two writes give the same bytes");
 
-        if !Cmd::exists("sgdisk") {
-            eprintln!("skipping sgdisk checks: sgdisk is not installed");
-            return;
-        }
         let verify = cmd("sgdisk").arg("-v").arg(&disk).read().unwrap();
         assert!(verify.contains("No problems found"), "{verify}");
         let print = cmd("sgdisk").arg("-p").arg(&disk).read().unwrap();

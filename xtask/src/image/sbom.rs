@@ -10,9 +10,12 @@
 //! machine-readable format (DEP-5): its `License:` short names, mapped to SPDX identifiers where one
 //! exists and to `LicenseRef-Debian-<name>` (described in hasExtractedLicensingInfos) where none does.
 
-use crate::debian::lockfile::LockedPackage;
-use crate::digest::hex;
+use crate::archive::deb;
+use crate::archive::lockfile::LockedPackage;
+use crate::spec::names::PackageSet;
 use crate::spec::{Arch, ImageSpec};
+use crate::util::deb822;
+use crate::util::digest::hex;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -240,7 +243,7 @@ fn document(input: &Input) -> Result<Document> {
                 reference_type: "purl",
                 reference_locator: purl(package, &spec.suite),
             }],
-            annotations: vec![annotation(&package.set)],
+            annotations: vec![annotation(&package.set.name())],
         });
     }
 
@@ -277,7 +280,7 @@ fn document(input: &Input) -> Result<Document> {
 /// machined: version and license from its Cargo.toml (the workspace's license when it inherits it),
 /// SHA256 of the binary in the initramfs.
 fn machined_package(input: &Input, ids: &mut SpdxIds, annotation: &dyn Fn(&str) -> Annotation) -> Result<Package> {
-    let crate_dir = crate::machined_build::crate_dir();
+    let crate_dir = crate::initramfs::machined::crate_dir();
     let manifest_path = crate_dir.join("Cargo.toml");
     let manifest = read_toml(&manifest_path)?;
     let package = manifest.get("package").with_context(|| format!("{}: no [package]", manifest_path.display()))?;
@@ -301,7 +304,7 @@ fn machined_package(input: &Input, ids: &mut SpdxIds, annotation: &dyn Fn(&str) 
     let version = inherited("version")?
         .with_context(|| format!("{}: field `package.version` is missing", manifest_path.display()))?;
     let license = inherited("license")?.unwrap_or_else(|| NOASSERTION.to_string());
-    let sha256 = crate::digest::sha256_file(input.machined)?;
+    let sha256 = crate::util::digest::sha256_file(input.machined)?;
     Ok(Package {
         spdx_id: ids.make("machined"),
         name: "machined".to_string(),
@@ -331,33 +334,29 @@ fn read_toml(path: &Path) -> Result<toml::Table> {
 }
 
 /// Sets in the order the image is described: the base, the kernel, the stub, then extensions by name.
-fn set_rank(set: &str) -> u8 {
+fn set_rank(set: &PackageSet) -> u8 {
     match set {
-        "rootfs" => 0,
-        "kernel" => 1,
-        "efi-stub" => 2,
-        s if s.starts_with("extension:") => 3,
-        _ => 4,
+        PackageSet::Rootfs => 0,
+        PackageSet::Kernel => 1,
+        PackageSet::EfiStub => 2,
+        PackageSet::Extension(_) => 3,
     }
 }
 
-fn describe_set(set: &str) -> String {
+fn describe_set(set: &PackageSet) -> String {
     match set {
-        "rootfs" => "the base root filesystem (lock set rootfs)".to_string(),
-        "kernel" => "the kernel set: the kernel image and its boot modules (lock set kernel)".to_string(),
-        "efi-stub" => "the EFI stub set: systemd-stub of the unified kernel image (lock set efi-stub)".to_string(),
-        s => match s.strip_prefix("extension:") {
-            Some(name) => format!("the system extension {name} (lock set {s})"),
-            None => format!("lock set {s}"),
-        },
+        PackageSet::Rootfs => format!("the base root filesystem (lock set {set})"),
+        PackageSet::Kernel => format!("the kernel set: the kernel image and its boot modules (lock set {set})"),
+        PackageSet::EfiStub => format!("the EFI stub set: systemd-stub of the unified kernel image (lock set {set})"),
+        PackageSet::Extension(name) => format!("the system extension {name} (lock set {set})"),
     }
 }
 
-fn purpose(set: &str) -> Option<&'static str> {
+fn purpose(set: &PackageSet) -> Option<&'static str> {
     match set {
-        "kernel" => Some("OPERATING-SYSTEM"),
-        "efi-stub" => Some("FIRMWARE"),
-        _ => None,
+        PackageSet::Kernel => Some("OPERATING-SYSTEM"),
+        PackageSet::EfiStub => Some("FIRMWARE"),
+        PackageSet::Rootfs | PackageSet::Extension(_) => None,
     }
 }
 
@@ -492,14 +491,14 @@ fn read_copyrights(debs: &[(&LockedPackage, &Path)]) -> Result<DocInfos> {
 
 /// Scans a .deb's data.tar for usr/share/doc/<package>/copyright (or the doc directory's symlink).
 fn read_doc_info(deb: &Path, package: &str) -> Result<DocInfo> {
-    let (member, data) = crate::deb::ar_member(deb, "data.tar")?;
-    let mut archive = tar::Archive::new(crate::deb::decompress(&member, &data)?);
+    let (member, data) = deb::ar_member(deb, "data.tar")?;
+    let mut archive = tar::Archive::new(deb::decompress(&member, &data)?);
     let doc_dir = PathBuf::from("usr/share/doc").join(package);
     let copyright_path = doc_dir.join("copyright");
     let mut info = DocInfo::default();
     for entry in archive.entries().with_context(|| format!("reading {member}"))? {
         let mut entry = entry.with_context(|| format!("reading {member}"))?;
-        let Ok(rel) = crate::deb::normalise(&entry.path()?) else { continue };
+        let Ok(rel) = crate::util::tree::normalise(&entry.path()?) else { continue };
         let kind = entry.header().entry_type();
         if rel == copyright_path && kind.is_file() {
             let size = entry.header().size()?;
@@ -557,44 +556,18 @@ pub fn declared_license(copyright: &str, package: &str, refs: &mut LicenseRefs) 
 /// The first line of every `License:` field of a DEP-5 copyright file, or None if the file does
 /// not start with a `Format:` paragraph naming the copyright format.
 pub fn dep5_license_names(text: &str) -> Option<Vec<String>> {
-    let paragraphs = deb822_paragraphs(text);
-    let format = paragraphs.first()?.iter().find(|(k, _)| k.eq_ignore_ascii_case("Format"))?.1.to_ascii_lowercase();
+    let paragraphs = deb822::paragraphs(text);
+    let format = paragraphs.first()?.get("Format")?.to_ascii_lowercase();
     if !(format.contains("copyright-format") || format.contains("dep5") || format.contains("dep-5")) {
         return None;
     }
     let names = paragraphs
         .iter()
-        .flatten()
-        .filter(|(k, _)| k.eq_ignore_ascii_case("License"))
-        .filter_map(|(_, v)| v.lines().next().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string))
+        .flat_map(|p| &p.fields)
+        .filter(|f| f.name.eq_ignore_ascii_case("License"))
+        .filter_map(|f| f.value.lines().next().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string))
         .collect();
     Some(names)
-}
-
-/// deb822 paragraphs as (field, value) lists; continuation lines are appended to the value after a newline.
-fn deb822_paragraphs(text: &str) -> Vec<Vec<(String, String)>> {
-    let mut paragraphs = Vec::new();
-    let mut current: Vec<(String, String)> = Vec::new();
-    for line in text.lines() {
-        if line.trim().is_empty() {
-            if !current.is_empty() {
-                paragraphs.push(std::mem::take(&mut current));
-            }
-        } else if line.starts_with('#') {
-            continue;
-        } else if line.starts_with(' ') || line.starts_with('\t') {
-            if let Some((_, value)) = current.last_mut() {
-                value.push('\n');
-                value.push_str(line.trim());
-            }
-        } else if let Some((key, value)) = line.split_once(':') {
-            current.push((key.trim().to_string(), value.trim().to_string()));
-        }
-    }
-    if !current.is_empty() {
-        paragraphs.push(current);
-    }
-    paragraphs
 }
 
 fn is_compound(expression: &str) -> bool {
@@ -883,7 +856,7 @@ const SPDX_EXCEPTIONS: &[&str] = &[
 /// Seconds since 1970 (UTC) as RFC 3339, `YYYY-MM-DDThh:mm:ssZ`, as SPDX wants its dates.
 pub fn rfc3339_utc(epoch: i64) -> String {
     let (days, secs) = (epoch.div_euclid(86_400), epoch.rem_euclid(86_400));
-    let (year, month, day) = crate::digest::civil_from_days(days);
+    let (year, month, day) = crate::util::epoch::civil_from_days(days);
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs / 60 % 60, secs % 60)
 }
 
@@ -950,7 +923,7 @@ mod tests {
         assert_eq!(ids.make("deb-extension:x-libstdc++6"), "SPDXRef-deb-extension-x-libstdcplusplus6");
         assert_eq!(ids.make("deb-extension:x-libstdc++6"), "SPDXRef-deb-extension-x-libstdcplusplus6-2");
         let package = LockedPackage {
-            set: "rootfs".into(),
+            set: PackageSet::Rootfs,
             name: "base-files".into(),
             version: "1:12.4+deb12u5".into(),
             arch: "arm64".into(),

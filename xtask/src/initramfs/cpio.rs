@@ -48,10 +48,10 @@ impl<W: Write> CpioWriter<W> {
 
     /// A regular file copied from the host without reading it into memory (rootfs.sqsh can be 100 MB).
     pub fn add_file_from_path(&mut self, path: &str, mode: u32, source: &Path) -> Result<()> {
-        let file = File::open(source).with_context(|| format!("could not open {}", source.display()))?;
-        let size = file.metadata().with_context(|| format!("could not stat {}", source.display()))?.len();
+        let file = File::open(source).with_context(|| format!("opening {}", source.display()))?;
+        let size = file.metadata().with_context(|| format!("reading the metadata of {}", source.display()))?.len();
         self.add_file_from_reader(path, mode, size, file)
-            .with_context(|| format!("could not add {} to the cpio archive as {path}", source.display()))
+            .with_context(|| format!("adding {} to the cpio archive as {path}", source.display()))
     }
 
     /// A regular file of exactly `size` bytes read from `data`; a reader that ends early or has more
@@ -83,7 +83,7 @@ impl<W: Write> CpioWriter<W> {
     /// Writes the trailer and hands back the inner writer (e.g. to finish a compressor).
     pub fn finish(mut self) -> Result<W> {
         self.header(TRAILER, 0, 0, 1, 0, 0)?;
-        self.out.flush().context("could not flush the cpio archive")?;
+        self.out.flush().context("flushing the cpio archive")?;
         Ok(self.out)
     }
 
@@ -110,7 +110,7 @@ impl<W: Write> CpioWriter<W> {
     }
 
     fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        self.out.write_all(bytes).context("could not write the cpio archive")?;
+        self.out.write_all(bytes).context("writing the cpio archive")?;
         self.written += bytes.len() as u64;
         Ok(())
     }
@@ -219,7 +219,7 @@ fn align4(n: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cmd::cmd;
+    use crate::util::cmd::cmd;
 
     fn sample(mtime: i64) -> Vec<u8> {
         let mut w = CpioWriter::new(Vec::new(), mtime).unwrap();
@@ -250,11 +250,7 @@ mod tests {
 
     #[test]
     fn gnu_cpio_lists_it() {
-        crate::hosttools::for_unit_tests();
-        if !crate::cmd::Cmd::exists("cpio") {
-            eprintln!("skipping: cpio is not installed");
-            return;
-        }
+        crate::tasks::host_tools::for_unit_tests();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.cpio");
         std::fs::write(&path, sample(0)).unwrap();

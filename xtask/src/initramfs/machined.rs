@@ -2,15 +2,17 @@
 //!
 //! rustup here has only the host target and cannot fetch others, so machined is compiled with
 //! Debian's rustc (1.63) and its `libstd-rust-dev[:arm64]`, linked statically by the GNU cross gcc.
-//! That is why machined is std-only and written for rustc 1.63 (see FACTS.md).
+//! That is why machined is std-only and written for rustc 1.63 (rustup's cargo cannot drive that
+//! rustc, and cargo 1.65 cannot read a v4 Cargo.lock).
 //!
 //! The result is reproducible (the source path is remapped; no debug info; symbols stripped) and
 //! cached under `<cache>/machined/<sha256>`, keyed on everything that decides the output: the rustc
 //! version, the target and flags, the linker's version, the static libc, and every source file.
 
-use crate::cmd::cmd;
-use crate::digest::hex;
 use crate::spec::Arch;
+use crate::util::cmd::{cmd, Cmd};
+use crate::util::digest::hex;
+use crate::util::host::{req, Requirement};
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::ffi::OsString;
@@ -19,10 +21,33 @@ use std::path::{Path, PathBuf};
 /// Debian's rustc: the one toolchain here that has std for both arches.
 const RUSTC: &str = "/usr/bin/rustc";
 
-/// Every Debian package machined's build needs, for both arches (hosttools holds the list).
+/// What compiling machined for `arch` needs: Debian's rustc (the one toolchain here with std for
+/// both arches), the target's std, and the GNU gcc and static libc that link it.
+pub fn requirements(arch: Arch) -> Vec<Requirement> {
+    let mut reqs = vec![req(RUSTC, "rustc", "compiling machined with a toolchain that targets both arches")];
+    match arch {
+        Arch::Amd64 => reqs.extend([
+            req("/usr/lib/rustlib/x86_64-unknown-linux-gnu/lib", "libstd-rust-dev", "compiling machined for amd64"),
+            req("x86_64-linux-gnu-gcc", "gcc", "linking machined for amd64"),
+            req("/usr/lib/x86_64-linux-gnu/libc.a", "libc6-dev", "linking machined statically for amd64"),
+        ]),
+        Arch::Arm64 => reqs.extend([
+            req(
+                "/usr/lib/rustlib/aarch64-unknown-linux-gnu/lib",
+                "libstd-rust-dev:arm64",
+                "compiling machined for arm64",
+            ),
+            req("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu", "linking machined for arm64"),
+            req("/usr/aarch64-linux-gnu/lib/libc.a", "libc6-dev-arm64-cross", "linking machined statically for arm64"),
+        ]),
+    }
+    reqs
+}
+
+/// Every Debian package machined's build needs, for both arches.
 fn packages() -> Vec<String> {
     let mut packages: Vec<String> = Vec::new();
-    for requirement in Arch::ALL.iter().flat_map(|&arch| crate::hosttools::for_machined(arch)) {
+    for requirement in Arch::ALL.iter().flat_map(|&arch| requirements(arch)) {
         if !packages.contains(&requirement.package) {
             packages.push(requirement.package);
         }
@@ -83,7 +108,7 @@ pub const CRATE_DIR_ENV: &str = "XTASK_MACHINED_DIR";
 pub fn crate_dir() -> PathBuf {
     match std::env::var_os(CRATE_DIR_ENV) {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => crate::paths::repo_root().join("machined"),
+        _ => crate::util::paths::repo_root().join("machined"),
     }
 }
 
@@ -102,35 +127,34 @@ fn build_from(crate_dir: &Path, arch: Arch, cache_dir: &Path, work_dir: &Path) -
     let cached = std::fs::read(&entry).ok().filter(|bytes| check_elf(bytes, arch).is_ok());
     let cache_hit = cached.is_some();
     if !cache_hit {
-        std::fs::create_dir_all(&entry_dir).with_context(|| format!("cannot create {}", entry_dir.display()))?;
+        std::fs::create_dir_all(&entry_dir).with_context(|| format!("creating {}", entry_dir.display()))?;
         let tmp = tempfile::Builder::new()
             .prefix(".build-")
             .tempdir_in(&entry_dir)
-            .with_context(|| format!("cannot create a temporary directory in {}", entry_dir.display()))?;
+            .with_context(|| format!("creating a temporary directory in {}", entry_dir.display()))?;
         let out = tmp.path().join("machined");
         compile(crate_dir, arch, &out, tmp.path())?;
-        let bytes = std::fs::read(&out).with_context(|| format!("cannot read {}", out.display()))?;
+        let bytes = std::fs::read(&out).with_context(|| format!("reading {}", out.display()))?;
         check_elf(&bytes, arch)
             .with_context(|| format!("rustc built a wrong binary for {arch} ({})", out.display()))?;
-        std::fs::rename(&out, &entry)
-            .with_context(|| format!("cannot move {} to {}", out.display(), entry.display()))?;
+        std::fs::rename(&out, &entry).with_context(|| format!("moving {} to {}", out.display(), entry.display()))?;
     }
 
-    std::fs::create_dir_all(work_dir).with_context(|| format!("cannot create {}", work_dir.display()))?;
+    std::fs::create_dir_all(work_dir).with_context(|| format!("creating {}", work_dir.display()))?;
     let path = work_dir.join(format!("machined-{arch}"));
     let tmp = tempfile::NamedTempFile::new_in(work_dir)
-        .with_context(|| format!("cannot create a temporary file in {}", work_dir.display()))?;
+        .with_context(|| format!("creating a temporary file in {}", work_dir.display()))?;
     std::fs::copy(&entry, tmp.path())
-        .with_context(|| format!("cannot copy {} to {}", entry.display(), tmp.path().display()))?;
+        .with_context(|| format!("copying {} to {}", entry.display(), tmp.path().display()))?;
     set_executable(tmp.path())?;
-    tmp.persist(&path).with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.persist(&path).with_context(|| format!("writing {}", path.display()))?;
     Ok(Built { path, cache_hit })
 }
 
 fn set_executable(path: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
-        .with_context(|| format!("cannot make {} executable", path.display()))
+        .with_context(|| format!("making {} executable", path.display()))
 }
 
 fn compile(crate_dir: &Path, arch: Arch, out: &Path, scratch: &Path) -> Result<()> {
@@ -146,7 +170,7 @@ fn compile(crate_dir: &Path, arch: Arch, out: &Path, scratch: &Path) -> Result<(
         .arg(crate_dir.join("src/main.rs"))
         .dir(scratch)
         .run()
-        .with_context(|| format!("cannot compile machined for {arch}"))
+        .with_context(|| format!("compiling machined for {arch}"))
 }
 
 fn missing(arch: Arch, what: String) -> anyhow::Error {
@@ -188,7 +212,7 @@ fn check_toolchain(arch: Arch) -> Result<()> {
         Arch::Arm64 => ("gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross"),
     };
     let linker = linker(arch);
-    if !crate::cmd::Cmd::exists(linker) {
+    if !Cmd::exists(linker) {
         return Err(missing(arch, format!("the linker {linker} is not on PATH (package {gcc_package})")));
     }
     if static_libc(arch).is_err() {
@@ -223,7 +247,7 @@ fn cache_key(crate_dir: &Path, arch: Arch) -> Result<String> {
     }
     field(cmd(linker(arch)).arg("--version").read()?.as_bytes());
     let libc = static_libc(arch)?;
-    let libc_bytes = std::fs::read(&libc).with_context(|| format!("cannot read {}", libc.display()))?;
+    let libc_bytes = std::fs::read(&libc).with_context(|| format!("reading {}", libc.display()))?;
     field(&Sha256::digest(&libc_bytes));
     for (rel, contents) in sources(crate_dir)? {
         field(rel.as_bytes());
@@ -237,14 +261,13 @@ fn sources(crate_dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     let src = crate_dir.join("src");
     let mut files = Vec::new();
     for entry in walkdir::WalkDir::new(&src).sort_by_file_name() {
-        let entry = entry.with_context(|| format!("cannot list {}", src.display()))?;
+        let entry = entry.with_context(|| format!("listing {}", src.display()))?;
         if !entry.file_type().is_file() {
             continue;
         }
         let rel = entry.path().strip_prefix(crate_dir).expect("walkdir stays under its root");
         let rel = rel.to_str().with_context(|| format!("{} is not a UTF-8 path", entry.path().display()))?.to_string();
-        let contents =
-            std::fs::read(entry.path()).with_context(|| format!("cannot read {}", entry.path().display()))?;
+        let contents = std::fs::read(entry.path()).with_context(|| format!("reading {}", entry.path().display()))?;
         files.push((rel, contents));
     }
     if files.is_empty() {
@@ -322,10 +345,10 @@ mod tests {
 
     #[test]
     fn builds_static_binaries_for_both_arches_and_caches_them() {
-        crate::hosttools::for_unit_tests();
+        crate::tasks::host_tools::for_unit_tests();
         let dir = tempfile::tempdir().unwrap();
         let (cache, work) = (dir.path().join("cache"), dir.path().join("work"));
-        let crate_dir = crate::paths::repo_root().join("machined");
+        let crate_dir = crate::util::paths::repo_root().join("machined");
         for arch in Arch::ALL {
             let built = build_from(&crate_dir, arch, &cache, &work).unwrap();
             assert!(!built.cache_hit);
@@ -350,9 +373,9 @@ mod tests {
 
     #[test]
     fn output_is_identical_from_another_checkout() {
-        crate::hosttools::for_unit_tests();
+        crate::tasks::host_tools::for_unit_tests();
         let dir = tempfile::tempdir().unwrap();
-        let original = crate::paths::repo_root().join("machined");
+        let original = crate::util::paths::repo_root().join("machined");
         let copy = dir.path().join("a/much/longer/path/to/another/clone/machined");
         for rel in sources(&original).unwrap().into_iter().map(|(rel, _)| rel) {
             std::fs::create_dir_all(copy.join(&rel).parent().unwrap()).unwrap();
@@ -373,7 +396,7 @@ mod tests {
 
     #[test]
     fn cache_key_follows_the_sources() {
-        crate::hosttools::for_unit_tests();
+        crate::tasks::host_tools::for_unit_tests();
         let dir = tempfile::tempdir().unwrap();
         let crate_dir = dir.path().join("machined");
         std::fs::create_dir_all(crate_dir.join("src")).unwrap();

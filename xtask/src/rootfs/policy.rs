@@ -4,11 +4,12 @@
 //! login program; the spec can deny more files (`deny-files`). Each refusal names the file and the
 //! package or overlay it came from, so the fix (an exclude, a `drop-files` entry) is obvious.
 //!
-//! Also here: the spec's path globs (`drop-files`, `deny-files`) and which board kernel arguments the
-//! spec removes (`kernel-args-remove`).
+//! Also here: `drop-files`, which removes package files a shell-less node has no use for.
 
-use crate::deb::Provenance;
+use crate::spec::glob::{path_glob, DenyPattern, GLOB_OPTIONS};
+use crate::spec::protocol::SERVICE_ROOTS;
 use crate::spec::ImageSpec;
+use crate::util::tree::{origin, Provenance};
 use anyhow::{bail, Context, Result};
 use std::fs;
 use std::io::Read;
@@ -27,84 +28,8 @@ const LOGIN: &[&str] = &["getty", "agetty", "mingetty", "login", "su", "sudo", "
 /// Where the policy is stated, for messages.
 const POLICY_NAME: &str = "no-shell policy";
 
-/// How path globs match: `*` and `?` stay within one path component, `**` spans any number.
-const GLOB_OPTIONS: glob::MatchOptions =
-    glob::MatchOptions { case_sensitive: true, require_literal_separator: true, require_literal_leading_dot: false };
-
 /// How many violations an error lists before summarising the rest.
 const LISTED: usize = 20;
-
-/// Checks the spec fields this module and extensions.rs interpret, naming the field on error.
-pub fn check_spec_fields(spec: &ImageSpec, path: &Path) -> Result<()> {
-    let field = |name: &str| format!("{}: field `{name}`", path.display());
-    let mut seen = std::collections::BTreeSet::new();
-    for name in &spec.extensions {
-        if !crate::extensions::valid_name(name) {
-            bail!(
-                "{}: {name:?} is not an extension name (lowercase letters, digits, '-' and '_')",
-                field("extensions")
-            );
-        }
-        if !seen.insert(name) {
-            bail!("{}: {name:?} is listed twice", field("extensions"));
-        }
-    }
-    for pattern in &spec.drop_files {
-        path_glob(pattern).with_context(|| field("drop-files"))?;
-    }
-    for pattern in &spec.deny_files {
-        DenyPattern::parse(pattern).with_context(|| field("deny-files"))?;
-    }
-    for arg in &spec.kernel_args_remove {
-        if arg.is_empty() || arg.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            bail!("{}: {arg:?} must be one kernel argument (non-empty, no spaces)", field("kernel-args-remove"));
-        }
-    }
-    Ok(())
-}
-
-/// Whether `arg` is removed by `kernel-args-remove`: an entry with `=` removes exactly that argument,
-/// an entry without removes the key with any value (and the bare flag).
-pub fn kernel_arg_removed(remove: &[String], arg: &str) -> bool {
-    let key = arg.split_once('=').map_or(arg, |(key, _)| key);
-    remove.iter().any(|entry| if entry.contains('=') { entry == arg } else { entry == key })
-}
-
-/// An absolute path glob such as `/usr/sbin/e2scrub*`.
-pub fn path_glob(pattern: &str) -> Result<glob::Pattern> {
-    if !pattern.starts_with('/') || pattern.split('/').any(|part| part == "..") {
-        bail!("{pattern:?} must be an absolute path glob inside the image, like \"/usr/sbin/e2scrub*\"");
-    }
-    glob::Pattern::new(pattern).with_context(|| format!("{pattern:?} is not a valid glob"))
-}
-
-/// A `deny-files` entry: a basename glob (no `/`) or an absolute path glob.
-enum DenyPattern {
-    Basename(glob::Pattern),
-    Path(glob::Pattern),
-}
-
-impl DenyPattern {
-    fn parse(pattern: &str) -> Result<DenyPattern> {
-        if pattern.is_empty() {
-            bail!("an empty entry matches nothing");
-        }
-        if pattern.contains('/') {
-            Ok(DenyPattern::Path(path_glob(pattern)?))
-        } else {
-            Ok(DenyPattern::Basename(
-                glob::Pattern::new(pattern).with_context(|| format!("{pattern:?} is not a valid glob"))?,
-            ))
-        }
-    }
-
-    fn matches(&self, basename: &str, paths: &[String]) -> bool {
-        match self {
-            DenyPattern::Basename(p) => p.matches_with(basename, GLOB_OPTIONS),
-            DenyPattern::Path(p) => paths.iter().any(|path| p.matches_with(path, GLOB_OPTIONS)),
-        }
-    }
-}
 
 /// Removes everything under `tree` that matches one of `patterns` (absolute globs, as seen from
 /// `tree`'s root), dropping it from `provenance` too. A pattern that matches nothing is an error
@@ -225,22 +150,13 @@ impl Policy {
 /// The absolute paths a file is known by: in its layer, and inside an extension's container root.
 fn views(rel: &Path) -> Vec<String> {
     let mut paths = vec![format!("/{}", rel.display())];
-    if let Ok(inside) = rel.strip_prefix(crate::extensions::CONTAINERS) {
+    if let Ok(inside) = rel.strip_prefix(SERVICE_ROOTS.trim_start_matches('/')) {
         let mut parts = inside.components();
         if parts.next().is_some() {
             paths.push(format!("/{}", parts.as_path().display()));
         }
     }
     paths
-}
-
-/// Who put `rel` into the tree.
-fn origin(provenance: &Provenance, rel: &Path) -> String {
-    match provenance.get(rel) {
-        Some(label) if label.starts_with("overlay ") => label.clone(),
-        Some(package) => format!("package {package}"),
-        None => "made by xtask".to_string(),
-    }
 }
 
 /// The `#!` line of a script whose interpreter is a shell (directly or through `env`), if `path` is one.
@@ -273,16 +189,6 @@ mod tests {
         let text =
             format!("name = \"n\"\nversion = \"1\"\nsuite = \"bookworm\"\npackages = [\"a\"]\ndeny-files = {deny:?}\n");
         toml::from_str(&text).unwrap()
-    }
-
-    #[test]
-    fn kernel_args_are_removed_by_key_or_exactly() {
-        let remove = vec!["console".to_string(), "quiet=1".to_string()];
-        assert!(kernel_arg_removed(&remove, "console=ttyS0"));
-        assert!(kernel_arg_removed(&remove, "console"));
-        assert!(kernel_arg_removed(&remove, "quiet=1"));
-        assert!(!kernel_arg_removed(&remove, "quiet"));
-        assert!(!kernel_arg_removed(&remove, "consoleblank=0"));
     }
 
     #[test]
@@ -336,22 +242,5 @@ mod tests {
                 .unwrap_err()
                 .to_string();
         assert!(err.contains("node.toml, field `drop-files`") && err.contains("matches nothing"), "{err}");
-    }
-
-    #[test]
-    fn bad_globs_name_the_field() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("node.toml");
-        let mut spec = spec_with(&[]);
-        spec.drop_files = vec!["usr/bin/x".into()];
-        let err = format!("{:#}", check_spec_fields(&spec, &path).unwrap_err());
-        assert!(err.contains("field `drop-files`") && err.contains("absolute"), "{err}");
-        spec.drop_files.clear();
-        spec.deny_files = vec!["/usr/[bin".into()];
-        let err = format!("{:#}", check_spec_fields(&spec, &path).unwrap_err());
-        assert!(err.contains("field `deny-files`"), "{err}");
-        spec.deny_files.clear();
-        spec.extensions = vec!["Bad Name".into()];
-        assert!(format!("{:#}", check_spec_fields(&spec, &path).unwrap_err()).contains("field `extensions`"));
     }
 }

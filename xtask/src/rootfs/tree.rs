@@ -1,12 +1,16 @@
 //! The root filesystem tree: the locked packages' files, the directories machined mounts over,
-//! the image's identity in os-release, and the spec's overlays, assembled under a staging directory.
+//! the image's identity in os-release, and the spec's overlays, assembled under a work directory;
+//! then the spec's `drop-files` and the no-shell policy.
 
-use crate::deb::{self, Provenance};
+use super::overlay;
+use super::policy::{self, Policy};
+use crate::archive::deb;
 use crate::spec::{Arch, ImageSpec};
-use anyhow::{bail, Context, Result};
+use crate::util::tree::Provenance;
+use anyhow::{Context, Result};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Mount points machined needs in the read-only root; they must exist because nothing can create them
 /// at run time.
@@ -16,6 +20,27 @@ const MOUNT_POINTS: [&str; 8] = ["proc", "sys", "dev", "run", "tmp", "var", "mnt
 pub struct DebInput<'a> {
     pub name: &'a str,
     pub deb: &'a Path,
+}
+
+/// Builds the root tree at `root` (which must not exist yet): [`assemble`], then the spec's
+/// `drop-files`, then the no-shell policy over the result.
+pub fn build(
+    root: &Path,
+    spec: &ImageSpec,
+    spec_path: &Path,
+    arch: Arch,
+    debs: &[DebInput],
+    overlays_dir: &Path,
+    policy: &Policy,
+) -> Result<()> {
+    let mut provenance = assemble(root, spec, arch, debs, overlays_dir)?;
+    policy::drop_files(
+        root,
+        &spec.drop_files,
+        &mut provenance,
+        &format!("{}, field `drop-files`", spec_path.display()),
+    )?;
+    policy.check_tree(root, "the root filesystem", &provenance)
 }
 
 /// Builds the root tree at `root` (which must not exist yet) and returns which package wrote each file.
@@ -29,7 +54,7 @@ pub fn assemble(
     fs::create_dir(root).with_context(|| format!("creating {}", root.display()))?;
     // Modes are set outright wherever we create something: the umask of whoever builds must not reach the image.
     fs::set_permissions(root, fs::Permissions::from_mode(0o755))?;
-    deb::make_merged_usr(root, arch)?;
+    make_merged_usr(root, arch)?;
     let mut provenance = Provenance::new();
     let mut sorted: Vec<&DebInput> = debs.iter().collect();
     sorted.sort_by_key(|d| d.name);
@@ -49,8 +74,8 @@ pub fn assemble(
     write_os_release(root, spec)?;
     for overlay in &spec.overlays {
         let dir = overlays_dir.join(overlay);
-        apply_overlay(&dir, root, &mut provenance)
-            .with_context(|| format!("applying overlay {overlay:?} ({})", dir.display()))?;
+        overlay::apply(&dir, root, &mut provenance)
+            .with_context(|| format!("applying the spec's overlay {overlay:?}"))?;
     }
     Ok(provenance)
 }
@@ -80,47 +105,21 @@ fn write_os_release(root: &Path, spec: &ImageSpec) -> Result<()> {
     Ok(())
 }
 
-/// Copies an overlay tree over the root. Its paths get the same checks as a package's.
-fn apply_overlay(dir: &Path, root: &Path, provenance: &mut Provenance) -> Result<()> {
-    if !dir.is_dir() {
-        bail!("overlay directory {} does not exist", dir.display());
-    }
-    let label = format!("overlay {}", dir.display());
-    for entry in walkdir::WalkDir::new(dir).min_depth(1).sort_by_file_name() {
-        let entry = entry?;
-        let rel_raw = entry.path().strip_prefix(dir)?;
-        let rel: PathBuf =
-            deb::normalise(rel_raw).map_err(|why| anyhow::anyhow!("{label}: {}: {why}", rel_raw.display()))?;
-        let dest = root.join(&rel);
-        let meta = entry.path().symlink_metadata()?;
-        deb::ensure_parents(root, &rel).with_context(|| format!("{label}: {}", rel.display()))?;
-        if meta.is_dir() {
-            if !fs::symlink_metadata(&dest).map(|m| m.is_dir()).unwrap_or(false) {
-                fs::create_dir(&dest).with_context(|| format!("{label}: creating {}", rel.display()))?;
-            }
-            let mode = crate::reproducible::checkout_mode(meta.permissions().mode(), true);
-            fs::set_permissions(&dest, fs::Permissions::from_mode(mode))?;
-        } else if meta.file_type().is_symlink() {
-            let target = fs::read_link(entry.path())?;
-            if !deb::symlink_stays_inside(&rel, &target) {
-                bail!("{label}: symlink {} -> {} escapes the root", rel.display(), target.display());
-            }
-            if fs::symlink_metadata(&dest).is_ok() {
-                fs::remove_file(&dest)?;
-            }
-            std::os::unix::fs::symlink(&target, &dest)?;
-            provenance.insert(rel, label.clone());
-        } else if meta.is_file() {
-            if fs::symlink_metadata(&dest).is_ok() {
-                fs::remove_file(&dest).with_context(|| format!("replacing {}", dest.display()))?;
-            }
-            fs::copy(entry.path(), &dest).with_context(|| format!("copying {}", entry.path().display()))?;
-            let mode = crate::reproducible::checkout_mode(meta.permissions().mode(), false);
-            fs::set_permissions(&dest, fs::Permissions::from_mode(mode))?;
-            provenance.insert(rel, label.clone());
-        } else {
-            bail!("{label}: {} is a device node, fifo or socket", rel.display());
+/// Creates the merged-/usr compatibility symlinks (bin → usr/bin, …) in a fresh root.
+pub fn make_merged_usr(root: &Path, arch: Arch) -> Result<()> {
+    for dir in ["bin", "sbin", "lib"] {
+        fs::create_dir_all(root.join("usr").join(dir))?;
+        // Set outright: the builder's umask must not decide the image's modes.
+        for made in ["usr".to_string(), format!("usr/{dir}")] {
+            fs::set_permissions(root.join(made), fs::Permissions::from_mode(0o755))?;
         }
+        std::os::unix::fs::symlink(format!("usr/{dir}"), root.join(dir))
+            .with_context(|| format!("creating /{dir} symlink in {}", root.display()))?;
+    }
+    if arch == Arch::Amd64 {
+        fs::create_dir_all(root.join("usr/lib64"))?;
+        fs::set_permissions(root.join("usr/lib64"), fs::Permissions::from_mode(0o755))?;
+        std::os::unix::fs::symlink("usr/lib64", root.join("lib64"))?;
     }
     Ok(())
 }

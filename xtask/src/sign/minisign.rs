@@ -10,10 +10,9 @@
 //!   BLAKE2b-512(FILE)); `trusted comment: ...` line; base64(Ed25519 over signature || trusted comment).
 //!
 //! The secret key never leaves [`SecretKey`]: no Debug output, no error message quoting it, and it is
-//! written only to its own 0600 file by [`keygen`].
+//! written only to its own 0600 file by [`write_key_pair`].
 
-use crate::digest::hex;
-use crate::Global;
+use crate::util::digest::hex;
 use anyhow::{bail, ensure, Context, Result};
 use base64::Engine as _;
 use blake2::{Blake2b256, Blake2b512, Digest as _};
@@ -122,8 +121,7 @@ impl PublicKey {
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("cannot read public key {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading public key {}", path.display()))?;
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -211,7 +209,7 @@ fn secret_key_checksum(key_id: &KeyId, keypair_bytes: &[u8; 64]) -> [u8; 32] {
 fn read_urandom(buf: &mut [u8]) -> Result<()> {
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(buf))
-        .context("cannot read random bytes from /dev/urandom")
+        .context("reading random bytes from /dev/urandom")
 }
 
 impl SecretKey {
@@ -281,10 +279,10 @@ impl SecretKey {
 
     /// Loads a key file, refusing one that group or others may read.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let mut file =
-            std::fs::File::open(path).with_context(|| format!("cannot open secret key {}", path.display()))?;
+        let mut file = std::fs::File::open(path).with_context(|| format!("opening secret key {}", path.display()))?;
         // Checked on the open handle, so the file judged is the file read.
-        let mode = file.metadata().with_context(|| format!("cannot stat secret key {}", path.display()))?.mode();
+        let mode =
+            file.metadata().with_context(|| format!("reading the metadata of secret key {}", path.display()))?.mode();
         if mode & 0o077 != 0 {
             bail!(
                 "{}: secret key file has mode {:04o}, which lets group or others access it; \
@@ -295,7 +293,7 @@ impl SecretKey {
             );
         }
         let mut text = Zeroizing::new(String::new());
-        file.read_to_string(&mut text).with_context(|| format!("cannot read secret key {}", path.display()))?;
+        file.read_to_string(&mut text).with_context(|| format!("reading the secret key {}", path.display()))?;
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -426,7 +424,7 @@ impl Minisig {
 
     #[cfg_attr(not(test), allow(dead_code))] // used by the tests' checks
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         Self::parse(&text).with_context(|| path.display().to_string())
     }
 
@@ -470,7 +468,7 @@ pub fn digest_bytes(bytes: &[u8]) -> FileDigests {
 
 /// Streams a file through SHA-256 and BLAKE2b-512 at once (images are hundreds of MB).
 pub fn digest_file(path: &Path) -> Result<FileDigests> {
-    let mut file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut sha256 = Sha256::new();
     let mut blake2b = Blake2b512::new();
     let mut size = 0u64;
@@ -480,7 +478,7 @@ pub fn digest_file(path: &Path) -> Result<FileDigests> {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
         sha256.update(&buf[..n]);
         blake2b.update(&buf[..n]);
@@ -518,32 +516,6 @@ pub fn digest_files(paths: &[PathBuf]) -> Vec<Result<FileDigests>> {
         .collect()
 }
 
-#[derive(clap::Args, Debug)]
-pub struct KeygenArgs {
-    /// Directory for nodeimg.pub and nodeimg.key (created if missing)
-    #[arg(long, value_name = "DIR")]
-    pub out: PathBuf,
-    /// Replace an existing key pair there
-    #[arg(long)]
-    pub force: bool,
-}
-
-/// `cargo xtask keygen`: writes a fresh key pair; prints where the public key is and its id.
-pub fn keygen(global: &Global, args: &KeygenArgs) -> Result<()> {
-    let (public_path, key_id) = write_key_pair(&args.out, args.force)?;
-    if global.json {
-        let report = serde_json::json!({"public_key": public_path, "key_id": key_id.to_string()});
-        println!("{report}");
-    } else {
-        crate::progress::note(format!(
-            "wrote public key {} (key id {key_id}) and its secret key {} (mode 0600, keep it private)",
-            public_path.display(),
-            args.out.join(SECRET_KEY_FILE).display()
-        ));
-    }
-    Ok(())
-}
-
 /// Writes DIR/nodeimg.key (created 0600) and DIR/nodeimg.pub; returns the public key path and key id.
 pub fn write_key_pair(dir: &Path, force: bool) -> Result<(PathBuf, KeyId)> {
     let secret_path = dir.join(SECRET_KEY_FILE);
@@ -555,7 +527,7 @@ pub fn write_key_pair(dir: &Path, force: bool) -> Result<(PathBuf, KeyId)> {
             }
         }
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let key = SecretKey::generate()?;
     write_new_file(&secret_path, key.to_file_text().as_bytes(), 0o600, force)?;
     write_new_file(&public_path, key.public_key().to_file_text().as_bytes(), 0o644, force)?;
@@ -570,12 +542,12 @@ fn write_new_file(path: &Path, contents: &[u8], mode: u32, replace: bool) -> Res
         .prefix(".xtask-key-")
         .permissions(std::fs::Permissions::from_mode(mode))
         .tempfile_in(dir)
-        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
     temp.write_all(contents)
         .and_then(|()| temp.as_file().sync_all())
-        .with_context(|| format!("cannot write {}", temp.path().display()))?;
+        .with_context(|| format!("writing {}", temp.path().display()))?;
     let persisted = if replace { temp.persist(path) } else { temp.persist_noclobber(path) };
-    persisted.map_err(|e| e.error).with_context(|| format!("cannot write {}", path.display()))?;
+    persisted.map_err(|e| e.error).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
@@ -644,7 +616,7 @@ mod tests {
 
     #[test]
     fn interoperates_with_the_minisign_cli_both_ways() {
-        crate::hosttools::for_unit_tests();
+        crate::tasks::host_tools::for_unit_tests();
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         minisign(&["-G", "-W", "-p", "m.pub", "-s", "m.key"], d);

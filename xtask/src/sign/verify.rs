@@ -7,11 +7,9 @@
 //! comment names this file, its sha256, and manifest.json's image, version and arch); and that
 //! SHA256SUMS lists exactly manifest.json and its artifacts, with the manifest's digests and sizes.
 
-use crate::keys::{digest_bytes, digest_files, FileDigests, Minisig, PublicKey, SignatureError};
-use crate::sign::{check_file_name, is_sha256_hex, target_dir, Manifest, MANIFEST_FILE, SIGNATURE_SUFFIX, SUMS_FILE};
-use crate::spec::Arch;
-use crate::Global;
-use anyhow::{bail, Result};
+use super::minisign::{digest_bytes, digest_files, FileDigests, Minisig, PublicKey, SignatureError};
+use crate::image::manifest::{check_file_name, is_sha256_hex, Manifest};
+use crate::spec::names::{MANIFEST_FILE, SIGNATURE_SUFFIX, SUMS_FILE};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -38,7 +36,7 @@ pub struct Report {
 }
 
 impl Report {
-    fn problem(&mut self, file: &str, message: impl Into<String>) {
+    pub fn problem(&mut self, file: &str, message: impl Into<String>) {
         self.errors.push(Problem { file: file.to_string(), message: message.into() });
     }
 
@@ -86,7 +84,7 @@ pub fn verify_dir(dir: &Path, key: &PublicKey) -> Report {
         }
     }
     let paths: Vec<PathBuf> = present.iter().map(|name| dir.join(name)).collect();
-    let step = crate::progress::step(format!("hashing {} files in {}", paths.len(), dir.display()));
+    let step = crate::util::progress::step(format!("hashing {} files in {}", paths.len(), dir.display()));
     let hashed = digest_files(&paths);
     step.done();
     let mut digests: BTreeMap<String, FileDigests> = BTreeMap::new();
@@ -232,7 +230,7 @@ fn check_signature(
     if let Some(manifest) = manifest {
         expected.push(("image", manifest.image.clone()));
         expected.push(("version", manifest.version.clone()));
-        expected.push(("arch", manifest.arch.clone()));
+        expected.push(("arch", manifest.arch.to_string()));
     }
     for (field, want) in expected {
         match fields.get(field) {
@@ -284,82 +282,4 @@ fn check_against_manifest(
             report.problem(name, format!("listed in {SUMS_FILE} but not in {MANIFEST_FILE}"));
         }
     }
-}
-
-#[derive(clap::Args, Debug)]
-pub struct VerifyArgs {
-    /// Public key to check against (minisign format, e.g. nodeimg.pub)
-    #[arg(long, value_name = "KEY.pub")]
-    pub key: PathBuf,
-    /// Verify out/<board>/ of the default board for this arch
-    #[arg(long)]
-    pub arch: Option<Arch>,
-    /// Verify out/<board>/ of this board (a name in boards/ or a path to its .toml)
-    #[arg(long)]
-    pub board: Option<String>,
-    /// Signed directory to verify (needs nothing else: works on a copy anywhere)
-    #[arg(value_name = "DIR")]
-    pub dir: Option<PathBuf>,
-}
-
-fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
-/// `cargo xtask verify`.
-pub fn run(global: &Global, args: &VerifyArgs) -> Result<()> {
-    let setup = target_dir(global, args.dir.as_deref(), args.board.as_deref(), args.arch)
-        .and_then(|dir| Ok((dir, PublicKey::load(&args.key)?)));
-    let (dir, key) = match setup {
-        Ok(setup) => setup,
-        Err(e) => {
-            if global.json {
-                let mut report = Report::default();
-                report.problem(&args.key.display().to_string(), format!("{e:#}"));
-                println!("{}", serde_json::to_string(&report)?);
-            }
-            return Err(e);
-        }
-    };
-    let report = verify_dir(&dir, &key);
-    if global.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        for file in &report.files {
-            eprintln!("  ok  {}  ({}, sha256 {})", file.file, human_size(file.size), file.sha256);
-        }
-    }
-    if !report.ok {
-        let problems: Vec<String> = report.errors.iter().map(|p| format!("{}: {}", p.file, p.message)).collect();
-        bail!(
-            "verification of {} with key id {} FAILED ({} problem{}):\n  {}",
-            dir.display(),
-            key.key_id,
-            problems.len(),
-            if problems.len() == 1 { "" } else { "s" },
-            problems.join("\n  ")
-        );
-    }
-    if !global.json {
-        let total: u64 = report.files.iter().map(|f| f.size).sum();
-        eprintln!(
-            "verified {} files ({}) in {} against key id {}",
-            report.files.len(),
-            human_size(total),
-            dir.display(),
-            key.key_id
-        );
-    }
-    Ok(())
 }

@@ -2,7 +2,15 @@
 //! Parsing is strict: an unknown key, a wrong type or a missing field is an error naming the file, the
 //! line and the column, because a typo silently ignored would ship a different image than the one asked for.
 
+pub mod glob;
+pub mod names;
+#[allow(dead_code)] // machined's side of the contract is in there too
+#[path = "../../../machined/src/protocol.rs"]
+pub mod protocol;
+pub mod workspace;
+
 use anyhow::{bail, Context, Result};
+use protocol::SCRATCH_SERIAL_ARG;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -140,9 +148,6 @@ pub struct ScratchDisk {
     pub serial: String,
 }
 
-/// The kernel argument carrying the scratch-disk rule to machined.
-pub const SCRATCH_SERIAL_ARG: &str = "machined.scratch-serial";
-
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Firmware {
@@ -202,7 +207,7 @@ impl Board {
 
 /// Reads and strictly parses one TOML file, with errors naming the file, line and column.
 pub fn load_toml<T: DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     toml::from_str(&text).map_err(|e| {
         let position = e.span().map(|span| {
             let (line, column) = line_column(&text, span.start);
@@ -240,14 +245,56 @@ pub fn load_spec(path: &Path) -> Result<ImageSpec> {
     if spec.packages.is_empty() {
         bail!("{}: field `packages`: must name at least one package", path.display());
     }
-    crate::policy::check_spec_fields(&spec, path)?;
+    check_fields(&spec, path)?;
     Ok(spec)
+}
+
+/// Checks the fields whose values have a syntax of their own, naming the field on error.
+fn check_fields(spec: &ImageSpec, path: &Path) -> Result<()> {
+    let field = |name: &str| format!("{}: field `{name}`", path.display());
+    let mut seen = std::collections::BTreeSet::new();
+    for name in &spec.extensions {
+        if !names::valid_name(name) {
+            bail!(
+                "{}: {name:?} is not an extension name (lowercase letters, digits, '-' and '_')",
+                field("extensions")
+            );
+        }
+        if !seen.insert(name) {
+            bail!("{}: {name:?} is listed twice", field("extensions"));
+        }
+    }
+    for pattern in &spec.drop_files {
+        glob::path_glob(pattern).with_context(|| field("drop-files"))?;
+    }
+    for pattern in &spec.deny_files {
+        glob::DenyPattern::parse(pattern).with_context(|| field("deny-files"))?;
+    }
+    for arg in &spec.kernel_args_remove {
+        if arg.is_empty() || arg.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            bail!("{}: {arg:?} must be one kernel argument (non-empty, no spaces)", field("kernel-args-remove"));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `arg` is removed by `kernel-args-remove`: an entry with `=` removes exactly that argument,
+/// an entry without removes the key with any value (and the bare flag).
+pub fn kernel_arg_removed(remove: &[String], arg: &str) -> bool {
+    let key = arg.split_once('=').map_or(arg, |(key, _)| key);
+    remove.iter().any(|entry| if entry.contains('=') { entry == arg } else { entry == key })
+}
+
+/// The kernel command line: the board's arguments less those the spec removes, then the spec's.
+pub fn kernel_cmdline(board: &Board, spec: &ImageSpec) -> String {
+    let kept = board.file.kernel_args.iter().filter(|arg| !kernel_arg_removed(&spec.kernel_args_remove, arg));
+    kept.chain(&spec.kernel_args).cloned().collect::<Vec<_>>().join(" ")
 }
 
 /// Every board in `dir`, sorted by name.
 pub fn load_boards(dir: &Path) -> Result<Vec<Board>> {
     let mut boards = Vec::new();
-    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list boards in {}", dir.display()))? {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing the boards in {}", dir.display()))? {
         let path = entry?.path();
         if path.extension().and_then(|e| e.to_str()) == Some("toml") {
             boards.push(load_board_file(&path)?);
@@ -335,7 +382,7 @@ mod tests {
     #[test]
     fn scratch_disk_rule_becomes_a_kernel_argument() {
         let dir = tempfile::tempdir().unwrap();
-        let text = std::fs::read_to_string(crate::paths::repo_root().join("boards/qemu-arm64.toml")).unwrap();
+        let text = std::fs::read_to_string(crate::util::paths::repo_root().join("boards/qemu-arm64.toml")).unwrap();
         let path = dir.path().join("b.toml");
         std::fs::write(&path, &text).unwrap();
         let board = load_board_file(&path).unwrap();
@@ -370,5 +417,34 @@ mod tests {
         let err = format!("{:#}", load_spec(&path).unwrap_err());
         assert!(err.contains("x.toml:5:1"), "{err}");
         assert!(err.contains("pakages"), "{err}");
+    }
+
+    #[test]
+    fn kernel_args_are_removed_by_key_or_exactly() {
+        let remove = vec!["console".to_string(), "quiet=1".to_string()];
+        assert!(kernel_arg_removed(&remove, "console=ttyS0"));
+        assert!(kernel_arg_removed(&remove, "console"));
+        assert!(kernel_arg_removed(&remove, "quiet=1"));
+        assert!(!kernel_arg_removed(&remove, "quiet"));
+        assert!(!kernel_arg_removed(&remove, "consoleblank=0"));
+    }
+
+    #[test]
+    fn bad_globs_name_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        let mut spec =
+            toml::from_str::<ImageSpec>("name = \"n\"\nversion = \"1\"\nsuite = \"bookworm\"\npackages = [\"a\"]\n")
+                .unwrap();
+        spec.drop_files = vec!["usr/bin/x".into()];
+        let err = format!("{:#}", check_fields(&spec, &path).unwrap_err());
+        assert!(err.contains("field `drop-files`") && err.contains("absolute"), "{err}");
+        spec.drop_files.clear();
+        spec.deny_files = vec!["/usr/[bin".into()];
+        let err = format!("{:#}", check_fields(&spec, &path).unwrap_err());
+        assert!(err.contains("field `deny-files`"), "{err}");
+        spec.deny_files.clear();
+        spec.extensions = vec!["Bad Name".into()];
+        assert!(format!("{:#}", check_fields(&spec, &path).unwrap_err()).contains("field `extensions`"));
     }
 }

@@ -3,14 +3,17 @@
 //! with a trivial initramfs) measured in the same run, with the ratios the targets are stated in.
 //! Figures are reported, never asserted: these machines are too noisy for timed tests.
 
-use crate::boot_test::{self, BootTestArgs};
-use crate::build_image::{self, Manifest};
-use crate::qemu::{self, Accel, Machine};
-use crate::spec::{self, Arch};
-use crate::{hosttools, progress, Global};
+use super::{print_json, Global};
+use crate::boot::qemu::{self, Accel};
+use crate::boot::{boot_test, floor_boot, BootOptions};
+use crate::image::build::{self, build_floor_disk};
+use crate::image::manifest::Manifest;
+use crate::spec::workspace::Workspace;
+use crate::spec::{select_board, Arch};
+use crate::util::host;
+use crate::util::progress;
 use anyhow::{Context, Result};
 use serde::Serialize;
-use std::time::{Duration, Instant};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -37,48 +40,43 @@ pub struct ArchFigures {
 }
 
 pub fn run(global: &Global, args: &BenchArgs) -> Result<()> {
+    let ws = global.workspace();
     let scratch = tempfile::tempdir().context("creating the bench's scratch directory")?;
     let mut rows = Vec::new();
     for arch in args.arch.map_or(Arch::ALL.to_vec(), |a| vec![a]) {
-        rows.push(bench_arch(global, arch, scratch.path())?);
+        rows.push(bench_arch(&ws, arch, scratch.path())?);
     }
     if global.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-    } else {
-        print_table(&rows);
+        return print_json(&rows);
     }
+    print_table(&rows);
     Ok(())
 }
 
-fn bench_arch(global: &Global, arch: Arch, scratch: &std::path::Path) -> Result<ArchFigures> {
-    let board = spec::select_board(&global.boards_dir(), None, Some(arch))?;
-    hosttools::ensure(&hosttools::for_build(arch))?;
-    hosttools::ensure(&hosttools::for_boot(&board))?;
-    let with = |cache: &str, out: &str| Global {
-        cache_dir: Some(scratch.join(cache)),
-        out_dir: Some(scratch.join(out)),
-        ..global.clone()
-    };
+fn bench_arch(ws: &Workspace, arch: Arch, scratch: &std::path::Path) -> Result<ArchFigures> {
+    let board = select_board(&ws.boards_dir(), None, Some(arch))?;
+    host::ensure(&build::requirements(arch))?;
+    host::ensure(&qemu::requirements(&board))?;
+    let with = |cache: &str, out: &str| ws.with_cache_and_out(&scratch.join(cache), &scratch.join(out));
     progress::note(format!("bench {arch}: cold build (empty cache)"));
-    let cold = build_image::build(&with(&format!("cache-{arch}"), &format!("cold-{arch}")), &board)?;
+    let cold = build::build(&with(&format!("cache-{arch}"), &format!("cold-{arch}")), &board)?;
     progress::note(format!("bench {arch}: warm build (cached packages, empty output)"));
-    let warm_global = with(&format!("cache-{arch}"), &format!("warm-{arch}"));
-    let warm = build_image::build(&warm_global, &board)?;
+    let warm_ws = with(&format!("cache-{arch}"), &format!("warm-{arch}"));
+    let warm = build::build(&warm_ws, &board)?;
     progress::note(format!("bench {arch}: second build, nothing changed"));
-    let unchanged = build_image::build(&warm_global, &board)?;
+    let unchanged = build::build(&warm_ws, &board)?;
 
     progress::note(format!("bench {arch}: boot-test"));
-    let boot_args = BootTestArgs { arch: Some(arch), board: None, accel: Accel::Auto, timeout: None };
-    let boot = boot_test::boot_test(&warm_global, &board, &boot_args)?;
+    let boot = boot_test(&warm_ws, &board, &BootOptions { accel: Accel::Auto, timeout: None })?;
 
     progress::note(format!("bench {arch}: floor boot (trivial initramfs)"));
     let floor_dir = scratch.join(format!("floor-{arch}"));
-    std::fs::create_dir_all(&floor_dir)?;
-    let floor_disk = build_image::build_floor_disk(&warm_global, &board, &floor_dir)?;
+    std::fs::create_dir_all(&floor_dir).with_context(|| format!("creating {}", floor_dir.display()))?;
+    let floor_disk = build_floor_disk(&warm_ws, &board, &floor_dir)?;
     let floor_secs = floor_boot(&board, &floor_disk, &floor_dir)?;
 
     let manifest: &Manifest = &warm.manifest;
-    let size = |suffix: &str| manifest.artifacts.iter().find(|a| a.file.ends_with(suffix)).map_or(0, |a| a.size);
+    let size = |suffix: &str| manifest.artifact(suffix).map_or(0, |a| a.size);
     Ok(ArchFigures {
         arch,
         board: board.name.clone(),
@@ -94,21 +92,6 @@ fn bench_arch(global: &Global, arch: Arch, scratch: &std::path::Path) -> Result<
         ready_secs: boot.ready_secs,
         floor_secs,
     })
-}
-
-/// Seconds from QEMU start to the trivial init's marker line.
-fn floor_boot(board: &spec::Board, disk: &std::path::Path, dir: &std::path::Path) -> Result<f64> {
-    let accel = qemu::choose_accel(board, Accel::Auto)?;
-    let machine =
-        Machine { board, disk, serial_log: dir.join("floor-boot.log"), qmp_socket: dir.join("floor-qmp.sock"), accel };
-    let started = Instant::now();
-    let (mut qemu, stderr) = machine.start()?;
-    let limit = Duration::from_secs(board.file.qemu.boot_timeout_secs);
-    let (_, elapsed) =
-        boot_test::wait_for_line(&mut qemu, &machine.serial_log, &stderr, started, limit, "MACHINED-FLOOR")
-            .with_context(|| format!("the floor boot of {}", board.name))?;
-    qemu.kill();
-    Ok(elapsed.as_secs_f64())
 }
 
 fn print_table(rows: &[ArchFigures]) {

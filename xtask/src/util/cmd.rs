@@ -89,7 +89,7 @@ impl Cmd {
             .stderr_capture()
             .unchecked()
             .run()
-            .with_context(|| format!("could not start `{}`", self.display()))?;
+            .with_context(|| format!("starting `{}`", self.display()))?;
         if !out.status.success() {
             bail!(
                 "`{}` failed ({}):\n{}{}",
@@ -156,7 +156,7 @@ impl Cmd {
         for (k, v) in &self.env {
             command.env(k, v);
         }
-        let child = command.spawn().with_context(|| format!("could not start `{}`", self.display()))?;
+        let child = command.spawn().with_context(|| format!("starting `{}`", self.display()))?;
         Ok(Running { child, display: self.display() })
     }
 }

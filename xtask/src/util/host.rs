@@ -1,11 +1,132 @@
-//! Host tools: every program the tasks run, which Debian package provides it, and the one place
-//! that installs what is missing (saying so). A fresh machine needs nothing installed by hand.
+//! The host: its apt sources (where Debian lives for this machine) and the host tools every task runs,
+//! with the Debian package behind each and the one place that installs what is missing, saying so.
+//! A fresh machine needs nothing installed by hand. Each stage lists its own tools next to the code
+//! that runs them; tasks/host_tools.rs gathers them.
 
-use crate::cmd::cmd;
-use crate::progress;
-use crate::spec::{Arch, Board};
+use super::cmd::cmd;
+use super::deb822;
+use super::progress;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
+
+const SOURCES_LIST: &str = "/etc/apt/sources.list";
+const SOURCES_DIR: &str = "/etc/apt/sources.list.d";
+
+/// One `deb` entry from the apt configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceEntry {
+    pub uris: Vec<String>,
+    pub suites: Vec<String>,
+    /// Where it was read, for error messages: "file:line".
+    pub origin: String,
+}
+
+/// The URI of the first entry whose Suites include `suite` exactly (so "bookworm" never picks the
+/// bookworm-security or bookworm-updates archives, which hold only a few packages).
+pub fn pick(entries: &[SourceEntry], suite: &str) -> Option<String> {
+    entries
+        .iter()
+        .filter(|entry| entry.suites.iter().any(|s| s == suite))
+        .flat_map(|entry| entry.uris.iter())
+        .find_map(|uri| normalize(uri).ok())
+}
+
+/// Checks the URL is http(s) and drops trailing slashes, so paths can be appended with `/`.
+pub fn normalize(url: &str) -> Result<String> {
+    let url = url.trim();
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        bail!("mirror {url:?} is not an http:// or https:// URL");
+    }
+    Ok(url.trim_end_matches('/').to_string())
+}
+
+/// All `deb` entries of the host, in apt's order: sources.list, then sources.list.d by file name.
+pub fn read_host_sources() -> Result<Vec<SourceEntry>> {
+    let mut entries = Vec::new();
+    let list = Path::new(SOURCES_LIST);
+    if list.exists() {
+        let text = std::fs::read_to_string(list).with_context(|| format!("reading {SOURCES_LIST}"))?;
+        entries.extend(parse_one_line(&text, SOURCES_LIST));
+    }
+    let dir = Path::new(SOURCES_DIR);
+    if dir.is_dir() {
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .with_context(|| format!("listing {SOURCES_DIR}"))?
+            .map(|entry| entry.map(|e| e.path()))
+            .collect::<std::io::Result<_>>()
+            .with_context(|| format!("listing {SOURCES_DIR}"))?;
+        files.sort();
+        for path in files {
+            let ext = path.extension().and_then(|e| e.to_str());
+            if ext != Some("sources") && ext != Some("list") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            let origin = path.display().to_string();
+            if ext == Some("sources") {
+                entries.extend(parse_deb822(&text, &origin));
+            } else {
+                entries.extend(parse_one_line(&text, &origin));
+            }
+        }
+    }
+    Ok(entries)
+}
+
+/// Parses the one-line format: `deb [opt=val ...] URI SUITE [COMPONENT...]`.
+pub fn parse_one_line(text: &str, origin: &str) -> Vec<SourceEntry> {
+    let mut entries = Vec::new();
+    for (index, raw) in text.lines().enumerate() {
+        let line = raw.split('#').next().unwrap_or("").trim();
+        let Some(rest) = line.strip_prefix("deb ").or_else(|| line.strip_prefix("deb\t")) else {
+            continue;
+        };
+        let mut rest = rest.trim_start();
+        if rest.starts_with('[') {
+            // Options such as [signed-by=...] come before the URI.
+            match rest.find(']') {
+                Some(end) => rest = rest[end + 1..].trim_start(),
+                None => continue,
+            }
+        }
+        let mut words = rest.split_whitespace();
+        let (Some(uri), Some(suite)) = (words.next(), words.next()) else {
+            continue;
+        };
+        entries.push(SourceEntry {
+            uris: vec![uri.to_string()],
+            suites: vec![suite.to_string()],
+            origin: format!("{origin}:{}", index + 1),
+        });
+    }
+    entries
+}
+
+/// Parses deb822 `.sources` stanzas (Types, URIs, Suites, Enabled), skipping deb-src-only and
+/// disabled ones.
+pub fn parse_deb822(text: &str, origin: &str) -> Vec<SourceEntry> {
+    deb822::paragraphs(text)
+        .into_iter()
+        .filter(|p| p.words("Types").is_some_and(|types| types.iter().any(|t| t == "deb")))
+        .filter(|p| p.get("Enabled").is_none_or(|v| !v.trim().eq_ignore_ascii_case("no")))
+        .map(|p| SourceEntry {
+            uris: p.words("URIs").unwrap_or_default(),
+            suites: p.words("Suites").unwrap_or_default(),
+            origin: format!("{origin}:{}", p.line),
+        })
+        .collect()
+}
+
+/// The http(s) URI the host's apt sources give for `suite`, or an error saying none does.
+pub fn host_uri(suite: &str) -> Result<String> {
+    let entries = read_host_sources()?;
+    pick(&entries, suite).with_context(|| {
+        format!(
+            "none of the `deb` entries in {SOURCES_LIST} or {SOURCES_DIR}/*.sources lists suite {suite:?} with an \
+             http(s) URI"
+        )
+    })
+}
 
 /// Something the host must have: a file (a program, a firmware image, a library) and its package.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,81 +139,15 @@ pub struct Requirement {
     pub why: &'static str,
 }
 
-fn req(file: impl Into<String>, package: impl Into<String>, why: &'static str) -> Requirement {
+pub fn req(file: impl Into<String>, package: impl Into<String>, why: &'static str) -> Requirement {
     Requirement { file: file.into(), package: package.into(), why }
-}
-
-/// What reading the Debian archive (`lock`) needs.
-pub fn for_archive() -> Vec<Requirement> {
-    vec![
-        req("gpgv", "gpgv", "verifying the Debian archive's InRelease"),
-        req("/usr/share/keyrings/debian-archive-keyring.gpg", "debian-archive-keyring", "verifying the Debian archive"),
-    ]
-}
-
-/// What building an image for `arch` needs.
-pub fn for_build(arch: Arch) -> Vec<Requirement> {
-    let mut reqs = for_archive();
-    reqs.extend([
-        req("mksquashfs", "squashfs-tools", "making squashfs layers"),
-        req("qemu-img", "qemu-utils", "writing qcow2 disks"),
-    ]);
-    reqs.extend(for_machined(arch));
-    reqs
-}
-
-/// What compiling machined for `arch` needs: Debian's rustc (the one toolchain here with std for
-/// both arches), the target's std, and the GNU gcc and static libc that link it.
-pub fn for_machined(arch: Arch) -> Vec<Requirement> {
-    let mut reqs = vec![req("/usr/bin/rustc", "rustc", "compiling machined with a toolchain that targets both arches")];
-    match arch {
-        Arch::Amd64 => reqs.extend([
-            req("/usr/lib/rustlib/x86_64-unknown-linux-gnu/lib", "libstd-rust-dev", "compiling machined for amd64"),
-            req("x86_64-linux-gnu-gcc", "gcc", "linking machined for amd64"),
-            req("/usr/lib/x86_64-linux-gnu/libc.a", "libc6-dev", "linking machined statically for amd64"),
-        ]),
-        Arch::Arm64 => reqs.extend([
-            req(
-                "/usr/lib/rustlib/aarch64-unknown-linux-gnu/lib",
-                "libstd-rust-dev:arm64",
-                "compiling machined for arm64",
-            ),
-            req("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu", "linking machined for arm64"),
-            req("/usr/aarch64-linux-gnu/lib/libc.a", "libc6-dev-arm64-cross", "linking machined statically for arm64"),
-        ]),
-    }
-    reqs
-}
-
-/// What booting `board` in QEMU needs.
-pub fn for_boot(board: &Board) -> Vec<Requirement> {
-    let f = &board.file;
-    vec![
-        req(f.qemu.binary.clone(), f.qemu.package.clone(), "boot-test"),
-        req(f.firmware.code.display().to_string(), f.firmware.package.clone(), "boot-test (UEFI firmware)"),
-        req(f.firmware.vars.display().to_string(), f.firmware.package.clone(), "boot-test (UEFI variables)"),
-    ]
-}
-
-/// What the test suite uses to check outputs with independent tools.
-pub fn for_tests() -> Vec<Requirement> {
-    vec![
-        req("minisign", "minisign", "checking our signatures with minisign's own verifier"),
-        req("sgdisk", "gdisk", "checking GPT disks"),
-        req("fsck.vfat", "dosfstools", "checking the ESP"),
-        req("mdir", "mtools", "reading files back from the ESP"),
-        req("unsquashfs", "squashfs-tools", "listing squashfs layers"),
-        req("cpio", "cpio", "listing initramfs archives"),
-        req("x86_64-linux-gnu-objdump", "binutils", "checking UKI sections (x86-64)"),
-        req("aarch64-linux-gnu-objdump", "binutils-aarch64-linux-gnu", "checking UKI sections (arm64)"),
-    ]
 }
 
 fn present(file: &str) -> bool {
     if file.starts_with('/') {
         Path::new(file).exists()
     } else {
-        crate::cmd::Cmd::exists(file)
+        super::cmd::Cmd::exists(file)
     }
 }
 
@@ -148,9 +203,11 @@ fn add_foreign_arch(arch: &str) -> Result<()> {
     Ok(())
 }
 
-/// This machine kind ships qemu-utils from bookworm-backports, which breaks bookworm's own
-/// qemu-system packages (see shared/FACTS.md). Then the emulator must come from backports too; the
-/// backports source reuses the URI of the host's existing Debian source (no mirror is hard-coded).
+/// Some hosts ship qemu-utils from bookworm-backports (10.0), and bookworm's own qemu-system 7.2 is then
+/// refused ("qemu-utils Breaks qemu-system-common (<8.0)"). Then the emulator must come from backports
+/// too; the backports source reuses the URI of the host's existing Debian source (no mirror is
+/// hard-coded). Only the qemu packages come from backports: pinning everything there would upgrade
+/// systemd.
 fn with_qemu_from_backports(packages: Vec<String>) -> Result<Vec<String>> {
     if !packages.iter().any(|p| p.starts_with("qemu-system-")) {
         return Ok(packages);
@@ -163,7 +220,7 @@ fn with_qemu_from_backports(packages: Vec<String>) -> Result<Vec<String>> {
     let backports = format!("{suite}-backports");
     let source = Path::new("/etc/apt/sources.list.d/nodeimg-backports.sources");
     if !source.exists() && !apt_sources_mention(&backports)? {
-        let uri = crate::debian::mirror::resolve(None, &suite).context("finding the Debian mirror for backports")?;
+        let uri = host_uri(&suite).context("finding the Debian mirror for backports")?;
         progress::note(format!("adding {backports} (from {uri}) to apt sources, for qemu-system matching qemu-utils"));
         let text = format!(
             "Types: deb\nURIs: {uri}\nSuites: {backports}\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
@@ -185,32 +242,76 @@ fn with_qemu_from_backports(packages: Vec<String>) -> Result<Vec<String>> {
 }
 
 fn apt_sources_mention(suite: &str) -> Result<bool> {
-    let mut texts = Vec::new();
-    if let Ok(t) = std::fs::read_to_string("/etc/apt/sources.list") {
-        texts.push(t);
-    }
-    if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
-        for entry in dir.flatten() {
-            if let Ok(t) = std::fs::read_to_string(entry.path()) {
-                texts.push(t);
-            }
-        }
-    }
-    Ok(texts.iter().any(|t| t.lines().any(|l| !l.trim_start().starts_with('#') && l.contains(suite))))
+    Ok(read_host_sources()?.iter().any(|entry| entry.suites.iter().any(|s| s == suite)))
 }
 
-/// For unit tests that check outputs with independent tools (sgdisk, fsck.vfat, minisign, Debian's
-/// rustc, ...): installs everything once per test process, so `cargo test` works on a fresh machine.
 #[cfg(test)]
-pub fn for_unit_tests() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let mut reqs = for_tests();
-        for arch in Arch::ALL {
-            reqs.extend(for_build(arch));
-        }
-        if let Err(e) = ensure(&reqs) {
-            panic!("installing host tools for the tests: {e:#}");
-        }
-    });
+mod tests {
+    use super::*;
+
+    const DEB822: &str = "\
+Types: deb
+# a comment between fields
+URIs: http://mirror.invalid/debian/
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: http://mirror.invalid/debian-security
+Suites: bookworm-security
+Components: main
+
+Types: deb-src
+URIs: http://src.invalid/debian
+Suites: trixie
+
+Types: deb
+Enabled: no
+URIs: http://disabled.invalid/debian
+Suites: trixie
+";
+
+    #[test]
+    fn deb822_takes_deb_entries_and_skips_disabled_and_src() {
+        let entries = parse_deb822(DEB822, "x.sources");
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].uris, ["http://mirror.invalid/debian/"]);
+        assert_eq!(entries[0].suites, ["bookworm", "bookworm-updates"]);
+        assert_eq!(entries[0].origin, "x.sources:1");
+        assert_eq!(entries[1].suites, ["bookworm-security"]);
+        assert_eq!(pick(&entries, "bookworm").as_deref(), Some("http://mirror.invalid/debian"));
+        assert_eq!(pick(&entries, "bookworm-security").as_deref(), Some("http://mirror.invalid/debian-security"));
+        assert_eq!(pick(&entries, "trixie"), None);
+    }
+
+    #[test]
+    fn deb822_continuation_lines() {
+        let text = "Types: deb\nURIs:\n http://a.invalid/debian\nSuites: sid\n";
+        let entries = parse_deb822(text, "y.sources");
+        assert_eq!(pick(&entries, "sid").as_deref(), Some("http://a.invalid/debian"));
+    }
+
+    #[test]
+    fn one_line_format_with_options_and_comments() {
+        let text = "\
+# deb http://commented.invalid/debian bookworm main
+deb-src http://src.invalid/debian bookworm main
+deb [arch=amd64 signed-by=/k.gpg] http://security.invalid/debian-security bookworm-security main
+deb http://mirror.invalid/debian bookworm main contrib # trailing comment
+";
+        let entries = parse_one_line(text, "sources.list");
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[1].origin, "sources.list:4");
+        assert_eq!(pick(&entries, "bookworm").as_deref(), Some("http://mirror.invalid/debian"));
+    }
+
+    #[test]
+    fn non_http_uris_are_skipped() {
+        let entries =
+            parse_one_line("deb cdrom:[Debian]/ bookworm main\ndeb https://m.invalid/d/ bookworm main\n", "l");
+        assert_eq!(pick(&entries, "bookworm").as_deref(), Some("https://m.invalid/d"));
+        assert!(normalize("ftp://x.invalid/debian").is_err());
+        assert_eq!(normalize("http://x.invalid/debian/").unwrap(), "http://x.invalid/debian");
+    }
 }

@@ -1,0 +1,62 @@
+//! The boot disk: a GPT disk whose one partition is a FAT32 EFI System Partition holding the UKI at
+//! the removable-media boot path (EFI/BOOT/BOOT{X64,AA64}.EFI), so any UEFI firmware boots it without
+//! boot entries; and the same disk as qcow2. GUIDs and the volume id are derived from the image's
+//! name, version, arch and board, so two builds write the same bytes.
+
+pub mod esp;
+pub mod gpt;
+
+use crate::spec::{Board, ImageSpec};
+use crate::util::cmd::cmd;
+use crate::util::host::{req, Requirement};
+use anyhow::{Context, Result};
+use gpt::{Guid, PartitionContents, PartitionSize, PartitionSpec};
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::path::Path;
+
+/// qcow2 creation options, spelled out so another qemu-img version's defaults cannot change the file.
+pub const QCOW2_OPTIONS: &str = "compat=1.1,cluster_size=65536,refcount_bits=16,lazy_refcounts=off,\
+                                 extended_l2=off,compression_type=zlib,preallocation=off";
+
+pub fn requirements() -> Vec<Requirement> {
+    vec![req("qemu-img", "qemu-utils", "writing qcow2 disks")]
+}
+
+/// Writes the raw disk `raw` holding `uki`; the ESP is made in `work` first.
+pub fn write_raw(spec: &ImageSpec, board: &Board, epoch: i64, uki: &[u8], raw: &Path, work: &Path) -> Result<()> {
+    let arch = board.arch();
+    let seed = format!("{}/{}/{}/{}", spec.name, spec.version, arch, board.name);
+    let esp_guid = Guid::derived(format!("{seed}/esp").as_bytes());
+    let disk_guid = Guid::derived(format!("{seed}/disk").as_bytes());
+    let disk_size = board.file.disk.size_mib * 1024 * 1024;
+    let esp_spec = |contents| PartitionSpec {
+        name: "EFI System Partition",
+        type_guid: gpt::ESP_TYPE,
+        unique_guid: esp_guid,
+        size: PartitionSize::Rest,
+        attributes: 0,
+        contents,
+    };
+    let layout = gpt::plan_layout(disk_size, &[esp_spec(PartitionContents::Empty)])
+        .with_context(|| format!("{}: field `disk.size-mib`", board.path.display()))?;
+    let esp_size = layout[0].size_bytes();
+    let esp_image = work.join("esp.img");
+    let boot_path = format!("EFI/BOOT/{}", arch.efi_boot_file());
+    let volume_id = u32::from_le_bytes(Sha256::digest(seed.as_bytes())[..4].try_into()?);
+    esp::build_esp(&esp_image, esp_size, &[(&boot_path, uki)], epoch, volume_id, "EFI").with_context(|| {
+        format!(
+            "the UKI ({} MB) must fit the ESP; see {} field `disk.size-mib`",
+            uki.len() / 1_000_000,
+            board.path.display()
+        )
+    })?;
+    gpt::write_gpt_disk(raw, disk_size, disk_guid, &[esp_spec(PartitionContents::File(&esp_image))])?;
+    fs::remove_file(&esp_image).with_context(|| format!("removing {}", esp_image.display()))
+}
+
+/// Converts the raw disk to qcow2. In-order writes (no -W) keep the output deterministic; the options
+/// are spelled out so a qemu-img with other defaults still writes the same file.
+pub fn write_qcow2(raw: &Path, qcow2: &Path) -> Result<()> {
+    cmd("qemu-img").args(["convert", "-q", "-f", "raw", "-O", "qcow2", "-o", QCOW2_OPTIONS]).arg(raw).arg(qcow2).run()
+}

@@ -1,0 +1,77 @@
+//! Where a run's inputs and outputs live: the spec, the boards, the overlays, the output and cache
+//! directories, and the Debian mirror override. tasks/ makes one from the command line; every stage
+//! reads its paths from it.
+
+use crate::util::paths::repo_root;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug)]
+pub struct Workspace {
+    spec: PathBuf,
+    boards_dir: PathBuf,
+    overlays_dir: PathBuf,
+    out_dir: PathBuf,
+    cache_dir: PathBuf,
+    /// `--mirror` / XTASK_DEBIAN_MIRROR; None means the host's apt sources decide.
+    pub mirror: Option<String>,
+}
+
+impl Workspace {
+    /// The given paths, each defaulting to the repository's own (image-spec/node.toml, boards/,
+    /// overlays/, out/) or, for the cache, $XDG_CACHE_HOME/nodeimg or ~/.cache/nodeimg.
+    pub fn new(
+        spec: Option<PathBuf>,
+        boards_dir: Option<PathBuf>,
+        overlays_dir: Option<PathBuf>,
+        out_dir: Option<PathBuf>,
+        cache_dir: Option<PathBuf>,
+        mirror: Option<String>,
+    ) -> Workspace {
+        Workspace {
+            spec: spec.unwrap_or_else(|| repo_root().join("image-spec/node.toml")),
+            boards_dir: boards_dir.unwrap_or_else(|| repo_root().join("boards")),
+            overlays_dir: overlays_dir.unwrap_or_else(|| repo_root().join("overlays")),
+            out_dir: out_dir.unwrap_or_else(|| repo_root().join("out")),
+            cache_dir: cache_dir.unwrap_or_else(default_cache_dir),
+            mirror,
+        }
+    }
+
+    /// The same workspace with its own cache and output directories (bench's cold and warm builds).
+    pub fn with_cache_and_out(&self, cache_dir: &Path, out_dir: &Path) -> Workspace {
+        Workspace { cache_dir: cache_dir.to_path_buf(), out_dir: out_dir.to_path_buf(), ..self.clone() }
+    }
+
+    pub fn spec_path(&self) -> PathBuf {
+        self.spec.clone()
+    }
+
+    /// The lockfile sits beside its spec: image-spec/node.toml → image-spec/node.lock.
+    pub fn lock_path(&self) -> PathBuf {
+        self.spec.with_extension("lock")
+    }
+
+    pub fn boards_dir(&self) -> PathBuf {
+        self.boards_dir.clone()
+    }
+
+    pub fn overlays_dir(&self) -> PathBuf {
+        self.overlays_dir.clone()
+    }
+
+    pub fn board_out_dir(&self, board: &str) -> PathBuf {
+        self.out_dir.join(board)
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        self.cache_dir.clone()
+    }
+}
+
+fn default_cache_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .unwrap_or_else(|| repo_root().join("target"));
+    base.join("nodeimg")
+}

@@ -1,0 +1,94 @@
+//! `cargo xtask build-image`: the image for one board into out/<board>/ (image/build.rs), signed when
+//! a key is configured; or, with `--check-reproducible`, built twice and compared.
+
+use super::{print_json, Global};
+use crate::image::{build, reproducible};
+use crate::sign::{dir::sign_dir, minisign::SecretKey};
+use crate::spec::{select_board, Arch};
+use anyhow::Result;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct BuildImageArgs {
+    /// Target architecture; picks that arch's default board
+    #[arg(long, value_enum)]
+    pub arch: Option<Arch>,
+    /// Board name (in boards/) or path to a board file
+    #[arg(long)]
+    pub board: Option<String>,
+    /// Sign out/<board>/ once it is published (a .minisig per artifact and SHA256SUMS, as `cargo xtask
+    /// sign` does) with this unencrypted minisign secret key (mode 0600). Without it, $XTASK_SIGNING_KEY
+    /// (the key file's contents) is used when set; with neither, the build is unsigned. Either way the
+    /// signatures and SHA256SUMS of an earlier build are removed before the new artifacts are published
+    #[arg(long, value_name = "FILE")]
+    pub secret_key: Option<PathBuf>,
+    /// Instead of publishing, build twice (separate processes, empty caches, output and temp
+    /// directories at different paths, a different umask and time zone, machined, spec, boards and
+    /// overlays read from two copies at different paths, as two clones would have them) and compare
+    /// every artifact byte for byte. Prints the digests when identical; else the first differing
+    /// artifact and byte offset, keeps both builds for inspection and exits non-zero
+    #[arg(long, conflicts_with = "secret_key")]
+    pub check_reproducible: bool,
+}
+
+pub fn run(global: &Global, args: &BuildImageArgs) -> Result<()> {
+    let ws = global.workspace();
+    let board = select_board(&ws.boards_dir(), args.board.as_deref(), args.arch)?;
+    if args.check_reproducible {
+        return check_reproducible(global, args, &board);
+    }
+    // A bad key fails here, before anything is built or published.
+    let key = SecretKey::load_configured(args.secret_key.as_deref())?;
+    let mut report = build::build(&ws, &board)?;
+    if let Some(key) = &key {
+        sign_dir(&report.out_dir, key)?;
+        report.signed_with_key_id = Some(key.key_id().to_string());
+    }
+    if global.json {
+        return print_json(&report);
+    }
+    println!(
+        "built {} {} for {} in {:.1} s (downloaded {} packages, {:.1} MB; {} cached) → {}",
+        report.manifest.image,
+        report.manifest.version,
+        report.board,
+        report.seconds,
+        report.downloaded,
+        report.downloaded_bytes as f64 / 1e6,
+        report.cached,
+        report.out_dir.display()
+    );
+    for a in &report.manifest.artifacts {
+        println!("  {:<28} {:>12} bytes  sha256 {}", a.file, a.size, a.sha256);
+    }
+    Ok(())
+}
+
+fn check_reproducible(global: &Global, args: &BuildImageArgs, board: &crate::spec::Board) -> Result<()> {
+    let report = reproducible::check(&global.workspace(), args.board.as_deref(), board)?;
+    if global.json {
+        print_json(&report)?;
+    } else {
+        if report.identical {
+            println!(
+                "reproducible: {} {} for {}: two independent builds ({:.1} s and {:.1} s) gave {} identical files",
+                report.image,
+                report.version,
+                report.board,
+                report.builds[0].seconds,
+                report.builds[1].seconds,
+                report.comparison.files.len()
+            );
+        } else {
+            println!("NOT reproducible: {} {} for {}", report.image, report.version, report.board);
+        }
+        print!("{}", report.comparison.render());
+        if let Some(kept) = &report.kept {
+            println!("both builds are kept in {} (compare them with diffoscope)", kept.display());
+        }
+    }
+    if !report.identical {
+        return Err(report.comparison.failure());
+    }
+    Ok(())
+}

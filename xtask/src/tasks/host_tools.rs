@@ -1,0 +1,62 @@
+//! `cargo xtask host-tools`: installs every host tool the tasks and the test suite use (apt), saying
+//! what is installed. Each stage lists the tools it runs; this gathers them.
+
+use super::Global;
+use crate::boot::qemu;
+use crate::image::build;
+use crate::spec::{load_boards, Arch};
+use crate::util::host::{self, req, Requirement};
+use crate::util::progress;
+use anyhow::Result;
+
+#[derive(clap::Args)]
+pub struct HostToolsArgs {
+    /// Only what building and booting this arch needs [default: every arch, plus the test suite's tools]
+    #[arg(long, value_enum)]
+    arch: Option<Arch>,
+}
+
+/// What the test suite uses to check outputs with independent tools.
+pub fn for_tests() -> Vec<Requirement> {
+    vec![
+        req("minisign", "minisign", "checking our signatures with minisign's own verifier"),
+        req("sgdisk", "gdisk", "checking GPT disks"),
+        req("fsck.vfat", "dosfstools", "checking the ESP"),
+        req("mdir", "mtools", "reading files back from the ESP"),
+        req("unsquashfs", "squashfs-tools", "listing squashfs layers"),
+        req("cpio", "cpio", "listing initramfs archives"),
+        req("x86_64-linux-gnu-objdump", "binutils", "checking UKI sections (x86-64)"),
+        req("aarch64-linux-gnu-objdump", "binutils-aarch64-linux-gnu", "checking UKI sections (arm64)"),
+    ]
+}
+
+pub fn run(global: &Global, args: &HostToolsArgs) -> Result<()> {
+    let boards = load_boards(&global.workspace().boards_dir())?;
+    let mut reqs = Vec::new();
+    for arch in args.arch.map_or(Arch::ALL.to_vec(), |a| vec![a]) {
+        reqs.extend(build::requirements(arch));
+        boards.iter().filter(|b| b.arch() == arch).for_each(|b| reqs.extend(qemu::requirements(b)));
+    }
+    if args.arch.is_none() {
+        reqs.extend(for_tests());
+    }
+    host::ensure(&reqs)?;
+    progress::note("host tools present");
+    Ok(())
+}
+
+/// For unit tests that check outputs with independent tools (sgdisk, fsck.vfat, minisign, Debian's
+/// rustc, ...): installs everything once per test process, so `cargo test` works on a fresh machine.
+#[cfg(test)]
+pub fn for_unit_tests() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let mut reqs = for_tests();
+        for arch in Arch::ALL {
+            reqs.extend(build::requirements(arch));
+        }
+        if let Err(e) = host::ensure(&reqs) {
+            panic!("installing host tools for the tests: {e:#}");
+        }
+    });
+}

@@ -1,0 +1,78 @@
+//! The commands: one thin file each, holding its clap arguments, its `run`, and its printing. Only
+//! this layer may use every stage; nothing uses it.
+
+pub mod bench;
+pub mod boot_test;
+pub mod build_image;
+pub mod check_layout;
+pub mod compare_builds;
+pub mod fetch;
+pub mod host_tools;
+pub mod keygen;
+pub mod lock;
+pub mod sign;
+pub mod verify;
+
+use crate::spec::workspace::Workspace;
+use crate::spec::{select_board, Arch};
+use anyhow::{ensure, Result};
+use clap::Args;
+use std::path::{Path, PathBuf};
+
+/// Options every task shares. Defaults are relative to the repository root.
+#[derive(Args, Clone, Debug)]
+pub struct Global {
+    /// Image spec to build [default: image-spec/node.toml]
+    #[arg(long, global = true, env = "XTASK_SPEC")]
+    pub spec: Option<PathBuf>,
+    /// Directory holding the board files [default: boards/]
+    #[arg(long, global = true, env = "XTASK_BOARDS_DIR")]
+    pub boards_dir: Option<PathBuf>,
+    /// Where outputs go; each board gets out/<board>/ [default: out/]
+    #[arg(long, global = true, env = "XTASK_OUT_DIR")]
+    pub out_dir: Option<PathBuf>,
+    /// Content-addressed download cache [default: $XDG_CACHE_HOME/nodeimg or ~/.cache/nodeimg]
+    #[arg(long, global = true, env = "XTASK_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Directory holding the root overlays and system extensions (extensions/<name>/) [default: overlays/]
+    #[arg(long, global = true, env = "XTASK_OVERLAYS_DIR")]
+    pub overlays_dir: Option<PathBuf>,
+    /// Debian mirror URL [default: the first Debian source in the host's apt configuration]
+    #[arg(long, global = true, env = "XTASK_DEBIAN_MIRROR")]
+    pub mirror: Option<String>,
+    /// Print the result as JSON on stdout (for CI)
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+impl Global {
+    pub fn workspace(&self) -> Workspace {
+        Workspace::new(
+            self.spec.clone(),
+            self.boards_dir.clone(),
+            self.overlays_dir.clone(),
+            self.out_dir.clone(),
+            self.cache_dir.clone(),
+            self.mirror.clone(),
+        )
+    }
+}
+
+/// The output directory `--arch`/`--board` point at, unless one was given outright.
+pub fn target_dir(ws: &Workspace, dir: Option<&Path>, board: Option<&str>, arch: Option<Arch>) -> Result<PathBuf> {
+    if let Some(dir) = dir {
+        ensure!(board.is_none() && arch.is_none(), "give either DIR or --arch/--board, not both");
+        return Ok(dir.to_path_buf());
+    }
+    ensure!(board.is_some() || arch.is_some(), "say which directory: DIR, or --arch/--board for out/<board>/");
+    let board = select_board(&ws.boards_dir(), board, arch)?;
+    Ok(ws.board_out_dir(&board.name))
+}
+
+/// Prints a report as pretty JSON on stdout.
+pub fn print_json(report: &impl serde::Serialize) -> Result<()> {
+    use anyhow::Context;
+    use std::io::Write;
+    let json = serde_json::to_string_pretty(report).context("serializing the report")?;
+    writeln!(std::io::stdout(), "{json}").context("writing to stdout")
+}
