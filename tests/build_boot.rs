@@ -106,9 +106,13 @@ fn check_node(boot: &serde_json::Value, manifest: &serde_json::Value, arch: &str
     }
     assert_eq!(status["cgroups"]["kubepods"], "/sys/fs/cgroup/kubepods");
 
-    // No shell at any path.
+    // No shell at any path, no setuid/setgid file, nothing world-writable but sticky directories.
     assert_eq!(status["shells_found"], serde_json::json!([]));
     assert!(status["shells_checked"].as_u64().unwrap() > 1000, "{}", status["shells_checked"]);
+    assert_eq!(status["setid_found"], serde_json::json!([]));
+    assert_eq!(status["world_writable_found"], serde_json::json!([]));
+    // The running kernel is the locked one: Debian 13's, from the security suite when it has a newer one.
+    assert!(status["kernel"].as_str().unwrap().starts_with("6.12."), "{}", status["kernel"]);
 
     // The guest agent answered from the host, and runs nothing for it.
     assert_eq!(boot["guest_agent"]["ping"], true, "{}", boot["guest_agent"]);
@@ -187,6 +191,39 @@ fn amd64_builds_and_boots() {
     build_check_and_boot("amd64");
 }
 
+/// The previous Debian release still builds and boots: bookworm's root (no extensions), its own lock,
+/// its 6.1 kernel with uncompressed modules, and its /var/local, which Debian ships setgid and the
+/// build normalises (saying so).
+#[test]
+fn bookworm_builds_and_boots() {
+    host_tools();
+    let _heavy = heavy();
+    let out = tempfile::tempdir().unwrap();
+    let spec = repo_root().join("image-spec/bookworm.toml");
+    let build = run(xtask().arg("--json").arg("--spec").arg(&spec).arg("--out-dir").arg(out.path()).args([
+        "build-image",
+        "--arch",
+        "amd64",
+    ]));
+    assert!(build.success, "{}", build.stderr);
+    assert!(
+        build.stderr.contains("/var/local (package base-files): a setgid/setuid directory, mode 2775 made 755"),
+        "{}",
+        build.stderr
+    );
+    let report: serde_json::Value = serde_json::from_str(&build.stdout).unwrap();
+    assert!(report["manifest"]["kernel"].as_str().unwrap().starts_with("6.1."), "{}", report["manifest"]);
+    let stdout = succeeds(xtask().arg("--json").arg("--spec").arg(&spec).arg("--out-dir").arg(out.path()).args([
+        "boot-test",
+        "--arch",
+        "amd64",
+    ]));
+    let boot: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(boot["status"]["ready"], true, "{}", boot["status"]);
+    assert_eq!(boot["status"]["root_fstype"], "squashfs", "no extensions, no overlay");
+    assert_eq!(boot["status"]["setid_found"], serde_json::json!([]));
+}
+
 /// Runs build-image with a spec whose text is `spec`, expecting failure; returns stderr and checks
 /// out/ was not touched.
 fn build_with_spec_fails(spec: &str) -> String {
@@ -225,9 +262,9 @@ fn wrong_type_in_spec_is_named() {
 
 #[test]
 fn missing_field_in_spec_is_named() {
-    let spec: String = good_spec().lines().filter(|l| !l.starts_with("suite")).map(|l| format!("{l}\n")).collect();
+    let spec: String = good_spec().lines().filter(|l| !l.starts_with("suites")).map(|l| format!("{l}\n")).collect();
     let stderr = build_with_spec_fails(&spec);
-    assert!(stderr.contains("missing field `suite`"), "{stderr}");
+    assert!(stderr.contains("missing field `suites`"), "{stderr}");
 }
 
 #[test]

@@ -269,8 +269,8 @@ fn real_talos_manifest_builds_into_an_initramfs_layer() {
     let file = |path: &str| &appended.iter().find(|(p, _)| p == path).unwrap().1;
     assert_eq!(
         String::from_utf8_lossy(file("etc/machined/extensions")),
-        "qemu-guest-agent 7.2 /extensions/qemu-guest-agent.sqsh\niscsi-tools $VERSION /extensions/iscsi-tools.sqsh\n\
-         util-linux-tools 2.38.1 /extensions/util-linux-tools.sqsh\n"
+        "qemu-guest-agent 10.0.13 /extensions/qemu-guest-agent.sqsh\niscsi-tools $VERSION /extensions/iscsi-tools.sqsh\n\
+         util-linux-tools 2.41.5 /extensions/util-linux-tools.sqsh\n"
     );
     let yaml = String::from_utf8_lossy(file("extensions.yaml")).into_owned();
     assert!(yaml.starts_with("layers:\n- image: qemu-guest-agent.sqsh\n  metadata:\n"), "{yaml}");

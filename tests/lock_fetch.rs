@@ -1,6 +1,7 @@
-//! `cargo xtask lock` and `cargo xtask fetch` against the real Debian archive (the mirror comes from
-//! the host's apt sources). Each test works on a temporary copy of a tiny spec and tiny boards, so
-//! what is fetched is a few hundred KB, never a kernel.
+//! `cargo xtask lock`, `fetch` and `outdated` against the real Debian archive (each suite's archive
+//! comes from the host's apt sources). Each test works on a temporary copy of a tiny spec and tiny
+//! boards, so what is fetched is a few hundred KB, never a kernel. A loopback proxy in front of the
+//! real security archive serves it with one byte changed, to prove each check refuses what it should.
 
 use assert_cmd::Command;
 use std::path::{Path, PathBuf};
@@ -38,6 +39,10 @@ impl Workspace {
     /// `packages` become the spec's packages; both test boards use the tiny `linux-base` as their
     /// "kernel" (the kernel set only follows linux-image-*, so nothing else comes with it).
     fn new(packages: &[&str]) -> Workspace {
+        Workspace::with_suites(packages, &["bookworm"])
+    }
+
+    fn with_suites(packages: &[&str], suites: &[&str]) -> Workspace {
         let dir = tempfile::tempdir().expect("temporary directory");
         std::fs::create_dir_all(dir.path().join("boards")).expect("boards directory");
         for arch in ["amd64", "arm64"] {
@@ -45,13 +50,17 @@ impl Workspace {
             std::fs::write(dir.path().join(format!("boards/test-{arch}.toml")), board).expect("board file");
         }
         let workspace = Workspace { dir };
-        workspace.write_spec(packages);
+        workspace.write_spec_with(packages, suites);
         workspace
     }
 
     fn write_spec(&self, packages: &[&str]) {
+        self.write_spec_with(packages, &["bookworm"]);
+    }
+
+    fn write_spec_with(&self, packages: &[&str], suites: &[&str]) {
         let spec = format!(
-            "name = \"node\"\nversion = \"0.1.0\"\nsuite = \"bookworm\"\ncomponents = [\"main\"]\npackages = {packages:?}\n\
+            "name = \"node\"\nversion = \"0.1.0\"\nsuites = {suites:?}\ncomponents = [\"main\"]\npackages = {packages:?}\n\
              exclude-packages = [\"debconf\", \"debconf-2.0\", \"cdebconf\"]\n"
         );
         std::fs::write(self.spec(), spec).expect("spec file");
@@ -74,6 +83,7 @@ impl Workspace {
         let mut command = Command::cargo_bin("xtask").expect("xtask binary");
         command
             .env_remove("XTASK_DEBIAN_MIRROR")
+            .env_remove("XTASK_SUITE_MIRRORS")
             .env_remove("XTASK_SPEC")
             .env_remove("XTASK_BOARDS_DIR")
             .arg("--spec")
@@ -268,4 +278,211 @@ fn digest_mismatch_names_package_and_both_digests() {
     let stderr = failed(&workspace.fetch(&[]));
     assert!(stderr.contains("netbase") && stderr.contains(&pinned) && stderr.contains(&wrong), "{stderr}");
     assert!(!workspace.cache().join("sha256").join(&wrong).exists(), "a bad download must not enter the cache");
+}
+
+const TRIXIE: [&str; 3] = ["trixie", "trixie-updates", "trixie-security"];
+
+/// The host's Debian security archive (the source listing a `-security` suite).
+fn host_security_archive() -> String {
+    let mut texts = Vec::new();
+    for entry in std::fs::read_dir("/etc/apt/sources.list.d").expect("apt sources").flatten() {
+        texts.push(std::fs::read_to_string(entry.path()).unwrap_or_default());
+    }
+    for text in texts {
+        for stanza in text.split("\n\n") {
+            let field = |name: &str| {
+                stanza.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string()).unwrap_or_default()
+            };
+            if field("Suites:").split_whitespace().any(|s| s.ends_with("-security")) {
+                return field("URIs:").split_whitespace().next().unwrap_or_default().trim_end_matches('/').to_string();
+            }
+        }
+    }
+    panic!("the host's apt sources list no -security suite");
+}
+
+/// A loopback HTTP proxy in front of `upstream` that changes one byte of every response whose path
+/// contains `tamper` (a byte in the middle, so the size stays and only a digest or signature check
+/// can notice). It serves until the test ends.
+fn tampering_proxy(upstream: String, tamper: &'static str) -> String {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let address = listener.local_addr().expect("local address");
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream.try_clone().expect("clone stream"));
+            let mut request = String::new();
+            if reader.read_line(&mut request).is_err() {
+                continue;
+            }
+            loop {
+                let mut header = String::new();
+                if reader.read_line(&mut header).map_or(true, |n| n == 0) || header == "\r\n" {
+                    break;
+                }
+            }
+            let path = request.split_whitespace().nth(1).unwrap_or("/").to_string();
+            let mut out = stream;
+            let (status, mut body) = match ureq::get(&format!("{upstream}{path}")).call() {
+                Ok(mut response) => {
+                    let mut body = Vec::new();
+                    let _ = response.body_mut().as_reader().read_to_end(&mut body);
+                    ("200 OK", body)
+                }
+                Err(ureq::Error::StatusCode(404)) => ("404 Not Found", Vec::new()),
+                Err(_) => ("502 Bad Gateway", Vec::new()),
+            };
+            if path.contains(tamper) && !body.is_empty() {
+                let middle = body.len() / 2;
+                body[middle] ^= 0x01;
+            }
+            let head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+            let _ = out.write_all(head.as_bytes()).and_then(|()| out.write_all(&body));
+        }
+    });
+    format!("http://{address}")
+}
+
+/// Runs `lock` in `workspace` with extra global arguments and a cache of its own (a tampered
+/// download must not be shadowed by a good copy in the shared cache); the existing lock must survive.
+fn lock_fails(workspace: &Workspace, extra: &[&str]) -> String {
+    let before = std::fs::read(workspace.lock_path()).ok();
+    let output = workspace.xtask(&workspace.cache()).args(extra).arg("lock").output().expect("run lock");
+    let stderr = failed(&output);
+    assert_eq!(std::fs::read(workspace.lock_path()).ok(), before, "a failed lock changed the lockfile");
+    stderr
+}
+
+#[test]
+fn an_unknown_suite_is_named() {
+    let workspace = Workspace::with_suites(&["netbase"], &["trixie", "trixie-nonesuch"]);
+    std::fs::write(workspace.lock_path(), "# a lock that must survive\n").expect("old lock");
+    let stderr = lock_fails(&workspace, &[]);
+    assert!(stderr.contains("there is no suite \"trixie-nonesuch\""), "{stderr}");
+    assert!(stderr.contains("node.toml, field `suites`"), "{stderr}");
+}
+
+#[test]
+fn a_security_suite_whose_signature_fails_is_named() {
+    let workspace = Workspace::with_suites(&["netbase"], &TRIXIE);
+    std::fs::write(workspace.lock_path(), "# a lock that must survive\n").expect("old lock");
+    let proxy = tampering_proxy(host_security_archive(), "/InRelease");
+    let stderr = lock_fails(&workspace, &["--suite-mirror", &format!("trixie-security={proxy}")]);
+    assert!(stderr.contains("suite \"trixie-security\"") && stderr.contains("verifying the signature"), "{stderr}");
+    assert!(stderr.contains("gpgv"), "{stderr}");
+}
+
+#[test]
+fn a_packages_index_that_does_not_match_its_inrelease_is_named() {
+    // The security suite alone keeps the download small; its index fails before anything resolves.
+    let workspace = Workspace::with_suites(&["netbase"], &["trixie-security"]);
+    let proxy = tampering_proxy(host_security_archive(), "/binary-amd64/");
+    let stderr = lock_fails(&workspace, &["--suite-mirror", &format!("trixie-security={proxy}")]);
+    assert!(stderr.contains("package index of suite \"trixie-security\" for amd64"), "{stderr}");
+    assert!(stderr.contains("sha256 is") && stderr.contains("expected"), "{stderr}");
+}
+
+#[test]
+fn a_security_archive_that_does_not_answer_is_named_and_nothing_is_written() {
+    let workspace = Workspace::with_suites(&["netbase"], &TRIXIE);
+    std::fs::write(workspace.lock_path(), "# a lock that must survive\n").expect("old lock");
+    let stderr = lock_fails(&workspace, &["--suite-mirror", "trixie-security=http://127.0.0.1:9"]);
+    assert!(stderr.contains("suite \"trixie-security\"") && stderr.contains("127.0.0.1:9"), "{stderr}");
+
+    // A lock whose packages come from the security suite, a cold cache, and no security archive:
+    // fetch and build-image name the suite, and out/ is never created.
+    workspace.write_spec_with(&["netbase"], &TRIXIE);
+    workspace.xtask(&shared_index_cache()).arg("lock").assert().success();
+    let lock = std::fs::read_to_string(workspace.lock_path()).expect("lock");
+    let lock: String = lock
+        .lines()
+        .map(|l| if l.starts_with("suite = ") { "suite = \"trixie-security\"\n".to_string() } else { format!("{l}\n") })
+        .collect();
+    std::fs::write(workspace.lock_path(), lock).expect("edit lock");
+    let stderr = failed(&workspace.fetch(&["--suite-mirror", "trixie-security=http://127.0.0.1:9"]));
+    assert!(stderr.contains("suite trixie-security") && stderr.contains("127.0.0.1:9"), "{stderr}");
+    let out = workspace.dir.path().join("out");
+    let output = workspace
+        .xtask(&workspace.cache())
+        .args(["--suite-mirror", "trixie-security=http://127.0.0.1:9", "--out-dir"])
+        .arg(&out)
+        .args(["build-image", "--arch", "amd64"])
+        .output()
+        .expect("run build-image");
+    let stderr = failed(&output);
+    assert!(stderr.contains("127.0.0.1:9"), "{stderr}");
+    assert!(!out.exists(), "a failed build touched {}", out.display());
+}
+
+/// `outdated --json` of `workspace`, parsed, and whether it succeeded.
+fn outdated(workspace: &Workspace, extra: &[&str]) -> (bool, serde_json::Value) {
+    let output =
+        workspace.xtask(&shared_index_cache()).arg("--json").arg("outdated").args(extra).output().expect("run");
+    let report = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("outdated --json printed no JSON ({e}):\n{}", text(&output.stderr)));
+    (output.status.success(), report)
+}
+
+#[test]
+fn outdated_lists_what_an_older_lock_misses_and_flags_security_updates() {
+    // An older lock on purpose: resolved from the release alone (no updates, no security fixes), and
+    // one package's version set back by hand so there is always something to find.
+    let workspace = Workspace::with_suites(&["netbase", "tzdata", "runc"], &["trixie"]);
+    workspace.lock();
+    let old = std::fs::read_to_string(workspace.lock_path()).expect("lock");
+    let netbase = old.find("name = \"netbase\"\nversion = \"").expect("netbase entry");
+    let version_at = netbase + "name = \"netbase\"\nversion = \"".len();
+    let version_end = version_at + old[version_at..].find('"').expect("version end");
+    let old = format!("{}0~older{}", &old[..version_at], &old[version_end..]);
+    std::fs::write(workspace.lock_path(), &old).expect("older lock");
+
+    // A fresh lock of the full spec, in another workspace, says what outdated must find.
+    let fresh = Workspace::with_suites(&["netbase", "tzdata", "runc"], &TRIXIE);
+    fresh.lock();
+    let fresh_lock: toml::Value = toml::from_str(&std::fs::read_to_string(fresh.lock_path()).unwrap()).unwrap();
+    let old_lock: toml::Value = toml::from_str(&old).unwrap();
+    let versions = |lock: &toml::Value| -> std::collections::BTreeMap<(String, String, String), String> {
+        lock["package"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let s = |k: &str| p[k].as_str().unwrap().to_string();
+                ((s("target-arch"), s("set"), s("name")), s("version"))
+            })
+            .collect()
+    };
+    let (old_versions, new_versions) = (versions(&old_lock), versions(&fresh_lock));
+    let expected: Vec<(String, String, String)> =
+        new_versions.iter().filter(|(k, v)| old_versions.get(*k) != Some(*v)).map(|(k, _)| k.clone()).collect();
+
+    workspace.write_spec_with(&["netbase", "tzdata", "runc"], &TRIXIE);
+    let (ok, report) = outdated(&workspace, &[]);
+    assert!(ok, "{report}");
+    let behind = report["behind"].as_array().unwrap();
+    let listed: Vec<(String, String, String)> = behind
+        .iter()
+        .filter(|b| b["change"] != "removed")
+        .map(|b| {
+            let s = |k: &str| b[k].as_str().unwrap().to_string();
+            (s("arch"), s("set"), s("name"))
+        })
+        .collect();
+    assert_eq!(listed, expected, "{report}");
+    let netbase = behind.iter().find(|b| b["name"] == "netbase" && b["arch"] == "amd64").expect("netbase listed");
+    assert_eq!(netbase["change"], "newer");
+    assert_eq!(netbase["locked_version"], "0~older");
+    for b in behind {
+        let from_security = b["available_suite"].as_str().is_some_and(|s| s.ends_with("-security"));
+        assert_eq!(b["security"], from_security, "{b}");
+    }
+    let security = behind.iter().filter(|b| b["security"] == true).count();
+    assert_eq!(report["security_updates"], security);
+    let (ok, _) = outdated(&workspace, &["--fail-on-security"]);
+    assert_eq!(ok, security == 0, "--fail-on-security must fail exactly when a security update waits");
+
+    // Relocked, nothing is behind, and --fail-on-security passes.
+    workspace.lock();
+    let (ok, report) = outdated(&workspace, &["--fail-on-security"]);
+    assert!(ok && report["behind"].as_array().unwrap().is_empty(), "{report}");
 }

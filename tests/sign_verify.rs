@@ -508,8 +508,15 @@ fn check_sbom(dir: &Path, arch: &str) {
         assert_eq!(found["checksums"][0]["algorithm"], "SHA256");
         assert_eq!(found["checksums"][0]["checksumValue"], package["sha256"].as_str().unwrap(), "{name}");
         assert_eq!(found["supplier"], "Organization: Debian");
+        // A package URL scanners match advisories by: name, version (':' percent-encoded), arch, release.
         let purl = found["externalRefs"][0]["referenceLocator"].as_str().unwrap();
-        assert!(purl.starts_with(&format!("pkg:deb/debian/{name}@")), "{purl}");
+        let version = package["version"].as_str().unwrap().replace(':', "%3A");
+        let deb_arch = package["arch"].as_str().unwrap();
+        assert_eq!(purl, format!("pkg:deb/debian/{name}@{version}?arch={deb_arch}&distro=trixie"), "{name}");
+        assert_eq!(found["externalRefs"][0]["referenceType"], "purl");
+        // And the suite its version came from (trixie-security for a security fix).
+        let suite = package["suite"].as_str().unwrap();
+        assert!(found["sourceInfo"].as_str().unwrap().starts_with(&format!("Debian {suite} archive, ")), "{found}");
         assert!(!found.to_string().contains("http://") && !found.to_string().contains("https://"), "a host in {found}");
     }
     let sets: std::collections::BTreeSet<&str> = locked.iter().map(|(set, _)| set.as_str()).collect();

@@ -25,6 +25,7 @@
 mod cgroups;
 mod console;
 mod containerd;
+mod contents;
 mod devices;
 mod dm;
 mod fallible;
@@ -37,7 +38,6 @@ mod protocol;
 mod root;
 mod scratch;
 mod services;
-mod shells;
 mod status;
 mod sys;
 
@@ -127,8 +127,8 @@ fn boot(init_start: u64, sigmask: &sys::sigset_t) -> Fallible<Option<(Node, bool
     containerd::prefetch();
     let extension_services = services::discover();
     devices::link_virtio_ports();
-    // The walk for shells uses the time mke2fs runs (and leaves the CPUs to containerd later).
-    let (shells_found, shells_checked) = shells::find_shells();
+    // The walk for shells and loose modes uses the time mke2fs runs (and leaves the CPUs to containerd).
+    let contents = contents::scan("/");
     milestones.push(("shells_checked", sys::boot_ms()));
     let scratch = match formatting {
         Ok(formatting) => scratch::finish(formatting, &mut milestones),
@@ -191,8 +191,10 @@ fn boot(init_start: u64, sigmask: &sys::sigset_t) -> Fallible<Option<(Node, bool
         containerd: node.containerd_status(),
         services: node.supervisor.summaries(),
         scratch: status::scratch_json(&node.scratch),
-        shells_found,
-        shells_checked,
+        shells_found: contents.shells,
+        shells_checked: contents.checked,
+        setid_found: contents.setid,
+        world_writable_found: contents.world_writable,
         cgroup_controllers: hierarchy.controllers,
         virtio_ports: devices::link_virtio_ports(),
         milestones_ms: milestones,

@@ -69,10 +69,16 @@ pub fn start() -> Fallible<Loader> {
     Ok(Loader { state, thread: Some(thread), names })
 }
 
+/// finit_module(2)'s flag asking the kernel to decompress the module itself (Linux 5.17+, with
+/// CONFIG_MODULE_DECOMPRESS; the signature inside is checked after decompression).
+const MODULE_INIT_COMPRESSED_FILE: c_long = 4;
+
 fn load(path: &str, file: &File) -> Fallible<()> {
     let params = b"\0";
+    // An uncompressed module with the flag is refused (EINVAL), a compressed one without it too.
+    let flags = if parse::is_compressed_module(path) { MODULE_INIT_COMPRESSED_FILE } else { 0 };
     // SAFETY: fd is open, params is NUL-terminated; the kernel only reads them.
-    let ret = unsafe { sys::syscall(sys::SYS_FINIT_MODULE, file.as_raw_fd() as c_long, params.as_ptr(), 0 as c_long) };
+    let ret = unsafe { sys::syscall(sys::SYS_FINIT_MODULE, file.as_raw_fd() as c_long, params.as_ptr(), flags) };
     if ret != 0 {
         let err = io::Error::last_os_error();
         if err.raw_os_error() != Some(sys::EEXIST) {

@@ -80,6 +80,11 @@ pub fn module_name(path: &str) -> String {
     stem.replace('-', "_")
 }
 
+/// Whether a module file is compressed (`x.ko.xz`, `.ko.zst`, `.ko.gz`): the kernel decompresses it.
+pub fn is_compressed_module(path: &str) -> bool {
+    [".ko.xz", ".ko.zst", ".ko.gz"].iter().any(|suffix| path.ends_with(suffix))
+}
+
 /// Size of `struct input_event` on 64-bit Linux: timeval (16) + type u16 + code u16 + value i32.
 pub const INPUT_EVENT_SIZE: usize = 24;
 const EV_KEY: u16 = 1;
@@ -454,6 +459,14 @@ fn unescape_mount_path(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compressed_modules_are_told_apart() {
+        assert!(is_compressed_module("/lib/modules/6.12/kernel/drivers/md/dm-crypt.ko.xz"));
+        assert!(is_compressed_module("x.ko.zst") && is_compressed_module("x.ko.gz"));
+        assert!(!is_compressed_module("/lib/modules/6.1/kernel/fs/squashfs/squashfs.ko"));
+        assert_eq!(module_name("/lib/modules/6.12/kernel/drivers/md/dm-crypt.ko.xz"), "dm_crypt");
+    }
 
     #[test]
     fn cmdline_values() {

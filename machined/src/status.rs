@@ -40,6 +40,8 @@ pub struct Status {
     pub scratch: json::Object,
     pub shells_found: Vec<String>,
     pub shells_checked: u64,
+    pub setid_found: Vec<String>,
+    pub world_writable_found: Vec<String>,
     pub cgroup_controllers: Vec<String>,
     pub virtio_ports: Vec<String>,
     pub milestones_ms: Vec<(&'static str, u64)>,
@@ -96,6 +98,8 @@ pub fn status_json(s: Status) -> String {
         .object("scratch", s.scratch)
         .str_array("shells_found", &s.shells_found)
         .u64("shells_checked", s.shells_checked)
+        .str_array("setid_found", &s.setid_found)
+        .str_array("world_writable_found", &s.world_writable_found)
         .object("cgroups", cgroups)
         .str_array("virtio_ports", &s.virtio_ports)
         .object("milestones_ms", milestones)
@@ -151,6 +155,8 @@ mod tests {
             scratch: scratch_json(&scratch::Outcome::Tmpfs { missing: true, reason: "none".into() }),
             shells_found: vec![],
             shells_checked: 7,
+            setid_found: vec![],
+            world_writable_found: vec![],
             cgroup_controllers: vec!["cpu".into(), "memory".into()],
             virtio_ports: vec!["org.qemu.guest_agent.0".into()],
             milestones_ms: vec![("init_start", 1), ("modules_loaded", 2), ("root_mounted", 3), ("ready", 4)],
@@ -169,6 +175,7 @@ mod tests {
                 r#""containerd":{"socket":"/run/containerd/containerd.sock","version":"1.6.20","revision":null},"#,
                 r#""services":[{"name":"containerd","pid":42,"restarts":0,"state":"running","cgroup":"/system/containerd","namespaces":[]}],"#,
                 r#""scratch":{"missing":true,"var":"tmpfs","reason":"none"},"shells_found":[],"shells_checked":7,"#,
+                r#""setid_found":[],"world_writable_found":[],"#,
                 r#""cgroups":{"system":"/sys/fs/cgroup/system","kubepods":"/sys/fs/cgroup/kubepods","controllers":["cpu","memory"]},"#,
                 r#""virtio_ports":["org.qemu.guest_agent.0"],"#,
                 r#""milestones_ms":{"init_start":1,"modules_loaded":2,"root_mounted":3,"ready":4}}"#

@@ -42,6 +42,8 @@ enum Task {
     HostTools(tasks::host_tools::HostToolsArgs),
     /// Resolve the spec's and boards' Debian packages against the signed archive and pin them in the lockfile
     Lock,
+    /// List every locked package the archive now has newer (security updates marked); --fail-on-security for CI
+    Outdated(tasks::outdated::OutdatedArgs),
     /// Download the debs the lockfile pins for one arch into the content-addressed cache
     Fetch(tasks::fetch::FetchArgs),
     /// Assemble the UEFI-bootable disk image for a board, with its SPDX SBOM, into out/<board>/ (signed if a key is configured)
@@ -75,6 +77,7 @@ fn run(cli: Cli) -> Result<()> {
     match &cli.task {
         Task::HostTools(args) => tasks::host_tools::run(global, args),
         Task::Lock => tasks::lock::run(global),
+        Task::Outdated(args) => tasks::outdated::run(global, args),
         Task::Fetch(args) => tasks::fetch::run(global, args),
         Task::BuildImage(args) => tasks::build_image::run(global, args),
         Task::BootTest(args) => tasks::boot_test::run(global, args),

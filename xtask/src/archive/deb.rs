@@ -4,13 +4,13 @@
 //! root:root and SOURCE_DATE_EPOCH.
 
 use crate::util::tree::{
-    check_real_dirs, ensure_parents, normalise, remove_existing, symlink_stays_inside, Provenance,
+    check_real_dirs, ensure_parents, normalise, remove_existing, symlink_stays_inside, Provenance, MERGED_USR_DIRS,
 };
 use anyhow::{bail, Context, Result};
 use std::fs::{self, File};
 use std::io::{BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Reads the member of an ar archive whose name starts with `prefix`, returning its name and bytes.
 pub fn ar_member(deb: &Path, prefix: &str) -> Result<(String, Vec<u8>)> {
@@ -58,6 +58,13 @@ pub fn decompress<'a>(name: &str, data: &'a [u8]) -> Result<Box<dyn Read + 'a>> 
     })
 }
 
+/// The top-level directory a merged-/usr compatibility link stands for (`./bin -> usr/bin` → bin).
+fn merged_usr_link<'a>(raw: &'a Path, target: &Path) -> Option<&'a str> {
+    let name = raw.to_str()?.trim_start_matches("./").trim_end_matches('/');
+    let wanted = format!("usr/{name}");
+    (MERGED_USR_DIRS.contains(&name) && target == Path::new(&wanted)).then_some(name)
+}
+
 /// Unpacks `deb`'s files under `root`, recording which package wrote each path in `provenance`.
 /// Refuses (naming `package`) absolute or `..` paths, links escaping the root, and special files.
 pub fn unpack(deb: &Path, package: &str, root: &Path, provenance: &mut Provenance) -> Result<()> {
@@ -94,6 +101,18 @@ pub fn unpack(deb: &Path, package: &str, root: &Path, provenance: &mut Provenanc
             }
             tar::EntryType::Symlink => {
                 let target = entry.link_name()?.context("symlink without target")?.into_owned();
+                // Packages of a merged-/usr release ship the compatibility links themselves (trixie's
+                // base-files: ./bin -> usr/bin); the root already has them, made the same way.
+                if let Some(dir) = merged_usr_link(&raw, &target) {
+                    let link = root.join(dir);
+                    if fs::symlink_metadata(&link).is_err() {
+                        ensure_parents(root, &Path::new("usr").join(dir).join("x"))?;
+                        std::os::unix::fs::symlink(&target, &link)
+                            .with_context(|| format!("creating {}", link.display()))?;
+                    }
+                    provenance.insert(PathBuf::from(dir), package.to_string());
+                    continue;
+                }
                 if !symlink_stays_inside(&rel, &target) {
                     bail!(
                         "package {package}: refusing symlink {} -> {}: it escapes the root",
@@ -183,6 +202,35 @@ mod tests {
         });
         let err = format!("{:#}", unpack_bytes(deb).unwrap_err());
         assert!(err.contains("package evil") && err.contains("not a directory"), "{err}");
+    }
+
+    #[test]
+    fn a_package_shipping_the_merged_usr_links_is_unpacked_over_them() {
+        let deb = deb_with(|b| {
+            for dir in ["bin", "lib"] {
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_size(0);
+                h.set_mode(0o777);
+                b.append_link(&mut h, format!("./{dir}"), format!("usr/{dir}")).unwrap();
+            }
+            let mut h = tar::Header::new_gnu();
+            h.set_size(2);
+            h.set_mode(0o755);
+            b.append_data(&mut h, "./usr/bin/tool", &b"hi"[..]).unwrap();
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("base-files.deb");
+        fs::write(&path, deb).unwrap();
+        let root = dir.path().join("root");
+        fs::create_dir(&root).unwrap();
+        crate::rootfs::tree::make_merged_usr(&root, crate::spec::Arch::Arm64).unwrap();
+        let mut provenance = Provenance::new();
+        unpack(&path, "base-files", &root, &mut provenance).unwrap();
+        assert_eq!(fs::read_link(root.join("bin")).unwrap(), Path::new("usr/bin"));
+        assert_eq!(fs::read_link(root.join("lib")).unwrap(), Path::new("usr/lib"));
+        assert_eq!(fs::read(root.join("bin/tool")).unwrap(), b"hi");
+        assert_eq!(provenance.get(Path::new("bin")).map(String::as_str), Some("base-files"));
     }
 
     #[test]

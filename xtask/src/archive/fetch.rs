@@ -3,13 +3,14 @@
 
 use super::cache::{Cache, Entry};
 use super::http;
-use super::lockfile::{Lock, LockedPackage};
+use super::lockfile::LockedPackage;
+use super::mirror::Mirrors;
 use crate::spec::workspace::Workspace;
 use crate::util::progress;
 use anyhow::{bail, Context, Result};
 use indicatif::ProgressBar;
 use serde::Serialize;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -33,7 +34,7 @@ pub struct FetchReport {
 
 /// Makes sure every package in `packages` is in the cache and intact, downloading what is not.
 /// The mirror is only looked up if something has to be downloaded.
-pub fn fetch(ws: &Workspace, lock: &Lock, packages: &[&LockedPackage]) -> Result<FetchReport> {
+pub fn fetch(ws: &Workspace, packages: &[&LockedPackage]) -> Result<FetchReport> {
     let cache = Cache::new(ws);
     let lock_path = ws.lock_path();
     let mut report = FetchReport::default();
@@ -63,14 +64,23 @@ pub fn fetch(ws: &Workspace, lock: &Lock, packages: &[&LockedPackage]) -> Result
         }
     }
     if !missing.is_empty() {
-        let mirror = super::mirror::resolve(ws.mirror.as_deref(), &lock.suite).with_context(|| {
-            format!(
-                "{} package(s) are not in the cache {} and must be downloaded",
-                missing.len(),
-                cache.dir().display()
-            )
-        })?;
-        download_all(&cache, &mirror, &lock_path, &missing)?;
+        // Each package comes from its suite's archive; a suite's archive is looked up only if
+        // something of it must be downloaded.
+        let mirrors = Mirrors::of(ws)?;
+        let mut archives: BTreeMap<&str, String> = BTreeMap::new();
+        for package in &missing {
+            if !archives.contains_key(package.suite.as_str()) {
+                let uri = mirrors.uri(&package.suite).with_context(|| {
+                    format!(
+                        "{} package(s) are not in the cache {} and must be downloaded",
+                        missing.len(),
+                        cache.dir().display()
+                    )
+                })?;
+                archives.insert(&package.suite, uri);
+            }
+        }
+        download_all(&cache, &archives, &lock_path, &missing)?;
         report.downloaded = missing.len();
         report.downloaded_bytes = missing.iter().map(|p| p.size).sum();
     }
@@ -79,7 +89,12 @@ pub fn fetch(ws: &Workspace, lock: &Lock, packages: &[&LockedPackage]) -> Result
 }
 
 /// Downloads `packages` with a few threads; the first failure (in package order) is the error.
-fn download_all(cache: &Cache, mirror: &str, lock_path: &Path, packages: &[&LockedPackage]) -> Result<()> {
+fn download_all(
+    cache: &Cache,
+    archives: &BTreeMap<&str, String>,
+    lock_path: &Path,
+    packages: &[&LockedPackage],
+) -> Result<()> {
     let total = packages.iter().map(|p| p.size).sum();
     let bar = progress::bytes(format!("downloading {} debs", packages.len()), total);
     let next = AtomicUsize::new(0);
@@ -92,7 +107,8 @@ fn download_all(cache: &Cache, mirror: &str, lock_path: &Path, packages: &[&Lock
                 if i >= packages.len() || failed.load(Ordering::SeqCst) {
                     break;
                 }
-                if let Err(err) = download_one(cache, mirror, lock_path, packages[i], &bar) {
+                let archive = archives.get(packages[i].suite.as_str()).map_or("", String::as_str);
+                if let Err(err) = download_one(cache, archive, lock_path, packages[i], &bar) {
                     failed.store(true, Ordering::SeqCst);
                     errors.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push((i, err));
                 }
@@ -110,25 +126,30 @@ fn download_all(cache: &Cache, mirror: &str, lock_path: &Path, packages: &[&Lock
 
 fn download_one(
     cache: &Cache,
-    mirror: &str,
+    archive: &str,
     lock_path: &Path,
     package: &LockedPackage,
     bar: &ProgressBar,
 ) -> Result<()> {
-    let url = format!("{mirror}/{}", package.filename);
+    let url = format!("{archive}/{}", package.filename);
     match cache.download(&url, &package.sha256, package.size, bar) {
         Ok(_) => Ok(()),
         Err(err) if err.downcast_ref::<http::NotFound>().is_some() => bail!(
-            "{} {} ({}) is pinned in {} but {url} is gone ({err}). The archive has moved on since the lock \
-             was made: run `cargo xtask lock` to re-pin to what the mirror has now, or point --mirror / \
-             XTASK_DEBIAN_MIRROR at a mirror or snapshot that still has it",
+            "{} {} ({}, suite {}) is pinned in {} but {url} is gone ({err}). The archive has moved on since \
+             the lock was made: run `cargo xtask lock` to re-pin to what it has now, or point --suite-mirror \
+             {}=URL (or --mirror) at a mirror or snapshot that still has it",
             package.name,
             package.version,
             package.filename,
-            lock_path.display()
+            package.suite,
+            lock_path.display(),
+            package.suite
         ),
-        Err(err) => {
-            Err(err).with_context(|| format!("fetching {} {} ({})", package.name, package.version, package.filename))
-        }
+        Err(err) => Err(err).with_context(|| {
+            format!(
+                "fetching {} {} ({}) from the archive of suite {} ({archive})",
+                package.name, package.version, package.filename, package.suite
+            )
+        }),
     }
 }

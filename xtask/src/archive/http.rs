@@ -43,7 +43,8 @@ fn agent() -> &'static ureq::Agent {
 
 /// What to tell the user when the mirror itself cannot be reached.
 fn unreachable_hint() -> &'static str {
-    "is the mirror reachable? Point --mirror or XTASK_DEBIAN_MIRROR at a reachable Debian mirror"
+    "is the archive reachable? Point --suite-mirror SUITE=URL (XTASK_SUITE_MIRRORS) or --mirror \
+     (XTASK_DEBIAN_MIRROR) at a reachable Debian archive"
 }
 
 enum Attempt {

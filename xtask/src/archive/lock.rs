@@ -5,9 +5,10 @@
 
 use super::cache::Cache;
 use super::lockfile::{Lock, LockedPackage, LockedSet};
+use super::mirror::Mirrors;
 use super::packages::Index;
+use super::release;
 use super::resolve::{self, Dropped, Follow, Root};
-use super::{mirror, release};
 use crate::spec::names::{PackageSet, EFI_STUB_PACKAGE};
 use crate::spec::{Arch, Board, ImageSpec};
 use crate::util::progress;
@@ -161,8 +162,8 @@ impl LockInputs<'_> {
     /// What changed between the inputs recorded in the lock and the current ones, one line each.
     fn differences(&self, lock: &Lock) -> Vec<String> {
         let mut out = Vec::new();
-        if lock.suite != self.spec.suite {
-            out.push(format!("spec suite is {:?}, the lock has {:?}", self.spec.suite, lock.suite));
+        if lock.suites != self.spec.suites {
+            out.push(format!("spec suites are {:?}, the lock has {:?}", self.spec.suites, lock.suites));
         }
         if lock.components != self.spec.components {
             out.push(format!("spec components are {:?}, the lock has {:?}", self.spec.components, lock.components));
@@ -206,23 +207,27 @@ impl LockInputs<'_> {
         out
     }
 
-    /// Resolves every set against the archive: the suite's InRelease (signature checked), both arches'
-    /// Packages indexes (checked against it), and each set's closure.
-    pub fn resolve(&self, mirror_flag: Option<&str>, cache: &Cache) -> Result<Resolved> {
+    /// Resolves every set against the archive: each suite's InRelease (signature checked), both
+    /// arches' Packages indexes of every suite (checked against it), and each set's closure, the newest
+    /// version of a package across the suites winning.
+    pub fn resolve(&self, mirrors: &Mirrors, cache: &Cache) -> Result<Resolved> {
         let spec = self.spec;
-        let mirror = mirror::resolve(mirror_flag, &spec.suite)?;
-        let step = progress::step(format!("reading {}/dists/{}/InRelease", mirror, spec.suite));
-        let release = release::fetch(&mirror, &spec.suite)
-            .with_context(|| format!("reading suite {:?} ({}, field `suite`)", spec.suite, self.spec_path.display()))?;
-        step.done();
+        let mut releases = Vec::new();
+        for suite in &spec.suites {
+            let at = || format!("suite {suite:?} ({}, field `suites`)", self.spec_path.display());
+            let mirror = mirrors.uri(suite).with_context(at)?;
+            let step = progress::step(format!("reading {mirror}/dists/{suite}/InRelease"));
+            releases.push(release::fetch(&mirror, suite).with_context(|| format!("reading {}", at()))?);
+            step.done();
+        }
 
         let step = progress::step("loading package indexes");
         // The two arches' indexes are independent; decompressing and parsing them is the slow part.
-        let (mirror_ref, release_ref) = (&mirror, &release);
+        let releases_ref = &releases;
         let indexes: Vec<(Arch, Result<Index>)> = std::thread::scope(|scope| {
             let handles: Vec<_> = Arch::ALL
                 .into_iter()
-                .map(|arch| (arch, scope.spawn(move || load_index(mirror_ref, release_ref, spec, arch, cache))))
+                .map(|arch| (arch, scope.spawn(move || load_index(releases_ref, spec, arch, cache))))
                 .collect();
             handles
                 .into_iter()
@@ -249,6 +254,7 @@ impl LockInputs<'_> {
             dropped.insert((set.arch, set.set.clone()), resolution.dropped);
             packages.extend(resolution.packages.into_iter().map(|p| LockedPackage {
                 set: set.set.clone(),
+                suite: index.suite_of(&p).to_string(),
                 name: p.name,
                 version: p.version,
                 arch: p.architecture,
@@ -259,22 +265,27 @@ impl LockInputs<'_> {
             }));
         }
         let lock = Lock::new(
-            spec.suite.clone(),
+            spec.suites.clone(),
             spec.components.clone(),
             sets.iter().map(SetInputs::locked).collect(),
             packages,
         );
-        Ok(Resolved { lock, release_date: release.date, dropped })
+        let release_date = releases.first().map(|r| r.date.clone()).unwrap_or_default();
+        Ok(Resolved { lock, release_date, dropped })
     }
 }
 
-/// Downloads and parses every component's Packages index for one arch.
-fn load_index(mirror: &str, release: &release::Release, spec: &ImageSpec, arch: Arch, cache: &Cache) -> Result<Index> {
-    let label = format!("{} {}/binary-{arch} (mirror {mirror})", spec.suite, spec.components.join("+"));
+/// Downloads and parses every suite's and component's Packages index for one arch, in the spec's
+/// suite order.
+fn load_index(releases: &[release::Release], spec: &ImageSpec, arch: Arch, cache: &Cache) -> Result<Index> {
+    let label = format!("{} {}/binary-{arch}", spec.suites.join("+"), spec.components.join("+"));
     let mut index = Index::new(label);
-    for component in &spec.components {
-        release::load_packages(release, component, arch.debian(), cache, &mut index)
-            .with_context(|| format!("loading the {component} package index for {arch}"))?;
+    for release in releases {
+        for component in &spec.components {
+            release::load_packages(release, component, arch.debian(), cache, &mut index).with_context(|| {
+                format!("loading the {component} package index of suite {:?} for {arch}", release.name)
+            })?;
+        }
     }
     Ok(index)
 }
@@ -285,7 +296,7 @@ mod tests {
 
     fn spec(packages: &[&str]) -> ImageSpec {
         let text = format!(
-            "name = \"node\"\nversion = \"1\"\nsuite = \"bookworm\"\npackages = {packages:?}\nexclude-packages = [\"debconf\"]\n"
+            "name = \"node\"\nversion = \"1\"\nsuites = [\"bookworm\"]\npackages = {packages:?}\nexclude-packages = [\"debconf\"]\n"
         );
         toml::from_str(&text).unwrap()
     }
@@ -322,8 +333,12 @@ mod tests {
         let boards = [board("a", "amd64", "linux-image-cloud-amd64")];
         let base = spec(&["base-files"]);
         let old = inputs(&base, &boards).sets();
-        let lock =
-            Lock::new("bookworm".into(), vec!["main".into()], old.iter().map(SetInputs::locked).collect(), vec![]);
+        let lock = Lock::new(
+            vec!["bookworm".into()],
+            vec!["main".into()],
+            old.iter().map(SetInputs::locked).collect(),
+            vec![],
+        );
         assert!(inputs(&base, &boards).differences(&lock).is_empty());
         let more = spec(&["base-files", "foo"]);
         let found = inputs(&more, &boards).differences(&lock);

@@ -9,6 +9,7 @@ pub mod http;
 pub mod lock;
 pub mod lockfile;
 pub mod mirror;
+pub mod outdated;
 pub mod packages;
 pub mod release;
 pub mod resolve;

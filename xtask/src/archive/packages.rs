@@ -113,8 +113,8 @@ pub struct Index {
     /// What this index is, for error messages: "bookworm main binary-amd64".
     pub label: String,
     pub packages: Vec<Package>,
-    /// The Packages files added, for [`Index::origin`].
-    sources: Vec<String>,
+    /// The Packages files added, for [`Index::origin`], with the suite each belongs to.
+    sources: Vec<(String, String)>,
     by_name: HashMap<String, Vec<usize>>,
     /// Virtual name → (providing package, provided version if the Provides entry is versioned).
     providers: HashMap<String, Vec<(usize, Option<String>)>>,
@@ -125,12 +125,14 @@ impl Index {
         Index { label: label.into(), ..Index::default() }
     }
 
-    /// Adds the paragraphs of one Packages file; `source` names it in errors.
-    pub fn add_packages_file(&mut self, text: &str, source: &str) -> Result<()> {
+    /// Adds the paragraphs of one Packages file of `suite`; `source` names it in errors. Files are added
+    /// in the spec's suite order, which is how the resolver breaks a tie between two suites carrying
+    /// the same version: the earlier suite wins.
+    pub fn add_packages_file(&mut self, text: &str, source: &str, suite: &str) -> Result<()> {
         // This runs over ~1.2 million lines per arch in an unoptimised build: no per-line allocation,
         // and fields other than the ten we keep are skipped after a one-byte check.
         let source_id = self.sources.len();
-        self.sources.push(source.to_string());
+        self.sources.push((source.to_string(), suite.to_string()));
         let mut slots: [Option<Cow<str>>; FIELD_COUNT] = Default::default();
         let mut continued: Option<usize> = None;
         let mut paragraph_start: Option<usize> = None;
@@ -174,8 +176,13 @@ impl Index {
 
     /// Where a package's paragraph is: "<Packages URL> line N".
     pub fn origin(&self, package: &Package) -> String {
-        let source = self.sources.get(package.source).map_or("Packages", String::as_str);
+        let source = self.sources.get(package.source).map_or("Packages", |(label, _)| label.as_str());
         format!("{source} line {}", package.line)
+    }
+
+    /// The suite a package's paragraph came from.
+    pub fn suite_of(&self, package: &Package) -> &str {
+        self.sources.get(package.source).map_or("", |(_, suite)| suite.as_str())
     }
 
     fn insert(&mut self, package: Package) {
@@ -296,7 +303,7 @@ SHA256: 1111111111111111111111111111111111111111111111111111111111111111
     #[test]
     fn parses_paragraphs_and_relations() {
         let mut index = Index::new("test");
-        index.add_packages_file(SAMPLE, "Packages").unwrap();
+        index.add_packages_file(SAMPLE, "Packages", "bookworm").unwrap();
         assert_eq!(index.packages.len(), 2);
         let a = &index.packages[0];
         assert_eq!(a.sha256, "00000000000000000000000000000000000000000000000000000000000000aa");
@@ -318,7 +325,7 @@ SHA256: 1111111111111111111111111111111111111111111111111111111111111111
     fn bad_paragraph_names_origin_and_field() {
         let text = "Package: x\nVersion: 1\nArchitecture: all\nFilename: f\nSize: big\nSHA256: \
                     1111111111111111111111111111111111111111111111111111111111111111\n";
-        let err = format!("{:#}", Index::new("t").add_packages_file(text, "Packages.xz").unwrap_err());
+        let err = format!("{:#}", Index::new("t").add_packages_file(text, "Packages.xz", "bookworm").unwrap_err());
         assert!(err.contains("Packages.xz line 1") && err.contains("Size"), "{err}");
         let err = format!("{:#}", parse_relations("a (>= )").unwrap_err());
         assert!(err.contains("a (>= )"), "{err}");

@@ -35,6 +35,9 @@ pub struct IndexFile {
 pub struct Release {
     /// Where it came from: "<mirror>/dists/<suite>/InRelease".
     pub url: String,
+    /// The suite as the spec names it (and the lock records it).
+    pub name: String,
+    /// The Release's own Suite field ("stable-security" for trixie-security).
     pub suite: String,
     pub codename: String,
     pub date: String,
@@ -51,16 +54,23 @@ impl Release {
 /// Downloads, verifies and parses `<mirror>/dists/<suite>/InRelease`, and checks it is for `suite`.
 pub fn fetch(mirror: &str, suite: &str) -> Result<Release> {
     let url = format!("{mirror}/dists/{suite}/InRelease");
-    let signed = http::get_bytes(&url)?;
+    let signed = match http::get_bytes(&url) {
+        Err(err) if err.downcast_ref::<http::NotFound>().is_some() => {
+            bail!("there is no suite {suite:?} at {mirror} ({err}); is the name right, and is this its archive?")
+        }
+        other => other?,
+    };
     let content = verify(&signed).with_context(|| format!("verifying the signature of {url}"))?;
-    let release = parse(&content, &url)?;
+    let mut release = parse(&content, &url)?;
+    // The Suite field holds the alias ("stable-security"), Codename the name ("trixie-security").
     if release.suite != suite && release.codename != suite {
         bail!(
-            "{url} is for suite {:?} (codename {:?}), not {suite:?}; is --mirror / XTASK_DEBIAN_MIRROR a Debian mirror root?",
+            "{url} is for suite {:?} (codename {:?}), not {suite:?}; is the URL that suite's archive root?",
             release.suite,
             release.codename
         );
     }
+    release.name = suite.to_string();
     Ok(release)
 }
 
@@ -85,6 +95,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Release> {
     let get = |key: &str| fields.get(key).unwrap_or_default().to_string();
     let mut release = Release {
         url: origin.to_string(),
+        name: get("Codename"),
         suite: get("Suite"),
         codename: get("Codename"),
         date: get("Date"),
@@ -146,7 +157,7 @@ pub fn load_packages(release: &Release, component: &str, arch: &str, cache: &Cac
     liblzma::read::XzDecoder::new(std::io::BufReader::new(compressed))
         .read_to_string(&mut text)
         .with_context(|| format!("decompressing {} (cached as {})", label, path.display()))?;
-    index.add_packages_file(&text, &label)
+    index.add_packages_file(&text, &label, &release.name)
 }
 
 #[cfg(test)]

@@ -192,7 +192,8 @@ impl Resolver<'_> {
     }
 
     /// The package to install for `atom`: the highest satisfying version of the real package of that
-    /// name, else a provider (highest Priority, then name, then version).
+    /// name, across every suite of the index, else a provider (highest Priority, then name, then
+    /// version).
     fn candidates(&self, atom: &Atom) -> Candidates {
         if self.exclude.contains(atom.name.as_str()) {
             return Candidates { best: None, blocked_by_exclude: true };
@@ -203,7 +204,8 @@ impl Resolver<'_> {
             .index
             .versions(&atom.name)
             .filter(|(i, package)| installable(*i, package) && version_matches(atom, &package.version))
-            .max_by(|(_, a), (_, b)| super::version::compare(&a.version, &b.version));
+            // The same version in two suites: the one added first (the earlier suite) wins.
+            .max_by(|(ia, a), (ib, b)| super::version::compare(&a.version, &b.version).then(ib.cmp(ia)));
         if let Some((i, _)) = real {
             return Candidates { best: Some(i), blocked_by_exclude: false };
         }
@@ -261,7 +263,7 @@ mod tests {
             full.push_str("\n\n");
         }
         let mut index = Index::new("testing main binary-amd64");
-        index.add_packages_file(&full, "Packages").unwrap();
+        index.add_packages_file(&full, "Packages", "testing").unwrap();
         index
     }
 
@@ -323,6 +325,34 @@ Provides: debconf-2.0
         // Highest libc (3~rc1 > 2.36), libfoo 1.10 > 1.5 (numeric), exim by priority, debconf first alternative.
         assert_eq!(names(&result), ["app=1", "debconf=1.5", "exim=4", "libc=3~rc1", "libfoo=1.10"]);
         assert!(result.dropped.is_empty());
+    }
+
+    #[test]
+    fn the_newest_version_across_suites_wins_and_a_tie_goes_to_the_earlier_suite() {
+        let paragraph = |name: &str, version: &str, sha: char| {
+            format!(
+                "Package: {name}\nVersion: {version}\nArchitecture: amd64\nFilename: pool/{name}.deb\nSize: 1\nSHA256: {}\n\n",
+                sha.to_string().repeat(64)
+            )
+        };
+        let mut index = Index::new("trixie main binary-amd64");
+        let release = paragraph("tzdata", "2026f", 'a') + &paragraph("runc", "1.1.15+ds1-2+b4", 'b');
+        index.add_packages_file(&release, "trixie/Packages", "trixie").unwrap();
+        let updates = paragraph("tzdata", "2026f", 'a') + &paragraph("qemu", "1:10.0.2", 'c');
+        index.add_packages_file(&updates, "trixie-updates/Packages", "trixie-updates").unwrap();
+        let security = paragraph("runc", "1.1.15+ds1-2+deb13u1", 'd') + &paragraph("qemu", "1:10.0.1", 'e');
+        index.add_packages_file(&security, "trixie-security/Packages", "trixie-security").unwrap();
+        let result = resolve(&index, &roots(&["tzdata", "runc", "qemu"]), &[], Follow::All).unwrap();
+        let chosen: Vec<(String, &str)> =
+            result.packages.iter().map(|p| (format!("{}={}", p.name, p.version), index.suite_of(p))).collect();
+        assert_eq!(
+            chosen,
+            [
+                ("qemu=1:10.0.2".to_string(), "trixie-updates"),
+                ("runc=1.1.15+ds1-2+deb13u1".to_string(), "trixie-security"),
+                ("tzdata=2026f".to_string(), "trixie"),
+            ]
+        );
     }
 
     #[test]

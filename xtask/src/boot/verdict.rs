@@ -45,6 +45,11 @@ pub struct Status {
     pub shells_found: Option<Vec<String>>,
     #[serde(default)]
     pub shells_checked: u64,
+    /// Setuid/setgid files and loose world-writable entries on the running node (absent: not checked).
+    #[serde(default)]
+    pub setid_found: Option<Vec<String>>,
+    #[serde(default)]
+    pub world_writable_found: Option<Vec<String>>,
     #[serde(default)]
     pub cgroups: serde_json::Value,
     #[serde(default)]
@@ -302,6 +307,17 @@ fn status_problems(status: &Status, manifest: &Manifest, board: &Board, problems
         Some(_) if status.shells_checked == 0 => problems.push("the search for shells looked at nothing".to_string()),
         Some(_) => {}
     }
+    // Nor a setuid/setgid file, nor anything world-writable but sticky directories.
+    for (field, list, what) in [
+        ("setid_found", &status.setid_found, "setuid/setgid files"),
+        ("world_writable_found", &status.world_writable_found, "world-writable entries"),
+    ] {
+        match list {
+            None => problems.push(format!("machined did not report a search for {what} ({field})")),
+            Some(found) if !found.is_empty() => problems.push(format!("{what} on the node: {}", found.join(", "))),
+            Some(_) => {}
+        }
+    }
 
     // /var: the scratch disk, encrypted, or (without a scratch-disk rule) a tmpfs.
     let scratch = &status.scratch;
@@ -372,7 +388,7 @@ mod tests {
                  "cgroup": "/system/qemu-guest-agent", "namespaces": ["mnt", "pid", "ipc", "uts"]},
             ],
             "scratch": {"device": "/dev/vdb", "mapped": "/dev/dm-0", "fstype": "ext4", "marker": MARKER},
-            "shells_found": [], "shells_checked": 2000,
+            "shells_found": [], "shells_checked": 2000, "setid_found": [], "world_writable_found": [],
             "cgroups": {"system": "/sys/fs/cgroup/system", "kubepods": "/sys/fs/cgroup/kubepods"},
         }))
         .unwrap()
@@ -441,12 +457,16 @@ mod tests {
         let mut bad = status();
         bad.root_write_errno = None;
         bad.shells_found = Some(vec!["/usr/bin/sh".into()]);
+        bad.setid_found = Some(vec!["/usr/bin/su".into()]);
+        bad.world_writable_found = None;
         bad.services[1].state = "exited".into();
         bad.cmdline = "console=ttyAMA0".into();
         let err = fails(&bad, LOG, agent(false), clean());
         for wanted in [
             "not proven read-only",
             "shells found on the node: /usr/bin/sh",
+            "setuid/setgid files on the node: /usr/bin/su",
+            "search for world-writable entries",
             "qemu-guest-agent is \"exited\"",
             "kernel argument panic=-1 is missing",
             "init_on_free=1 is missing",

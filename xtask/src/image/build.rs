@@ -82,7 +82,7 @@ pub fn build(ws: &Workspace, board: &Board) -> Result<BuildReport> {
     // 2. Packages.
     let wanted = lock.packages_for(arch);
     let step = progress::step("fetching packages");
-    let fetched = fetch(ws, &lock, &wanted)?;
+    let fetched = fetch(ws, &wanted)?;
     step.done();
     if fetched.downloaded > 0 {
         progress::note(format!(
@@ -271,7 +271,7 @@ pub fn build_floor_disk(ws: &Workspace, board: &Board, dir: &Path) -> Result<Pat
         .into_iter()
         .filter(|p| p.set == PackageSet::Kernel || p.set == PackageSet::EfiStub)
         .collect();
-    let fetched = fetch(ws, &lock, &wanted)?;
+    let fetched = fetch(ws, &wanted)?;
     let debs: Vec<(&LockedPackage, &Path)> =
         wanted.iter().copied().zip(fetched.paths.iter().map(PathBuf::as_path)).collect();
     let machined = machined::build(arch, &ws.cache_dir(), dir)?;

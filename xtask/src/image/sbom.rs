@@ -230,8 +230,8 @@ fn document(input: &Input) -> Result<Document> {
             files_analyzed: false,
             checksums: vec![Checksum { algorithm: "SHA256", checksum_value: package.sha256.clone() }],
             source_info: Some(format!(
-                "Debian {} archive, {} (the same path on every mirror)",
-                spec.suite, package.filename
+                "Debian {} archive, {} (the same path on every mirror of it)",
+                package.suite, package.filename
             )),
             license_concluded: NOASSERTION,
             license_declared: declared,
@@ -241,7 +241,7 @@ fn document(input: &Input) -> Result<Document> {
             external_refs: vec![ExternalRef {
                 reference_category: "PACKAGE-MANAGER",
                 reference_type: "purl",
-                reference_locator: purl(package, &spec.suite),
+                reference_locator: purl(package, spec.release()),
             }],
             annotations: vec![annotation(&package.set.name())],
         });
@@ -926,6 +926,7 @@ mod tests {
             set: PackageSet::Rootfs,
             name: "base-files".into(),
             version: "1:12.4+deb12u5".into(),
+            suite: "bookworm".into(),
             arch: "arm64".into(),
             target_arch: Arch::Arm64,
             filename: "pool/main/b/base-files/base-files_12.4+deb12u5_arm64.deb".into(),

@@ -1,5 +1,7 @@
 //! Kernel modules needed to boot. Debian's kernel debs ship no modules.dep (depmod runs in postinst,
 //! which we never run), so dependencies are read from each .ko's `.modinfo` section (`depends=`).
+//! Modules may be compressed (trixie ships `.ko.xz`): they go into the initramfs as they are, and
+//! machined asks the kernel to decompress them (finit_module's MODULE_INIT_COMPRESSED_FILE).
 
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
@@ -15,9 +17,32 @@ pub struct ModuleTree {
     builtin: BTreeSet<String>,
 }
 
+/// Module file endings: plain, and the compressions a kernel can decompress itself.
+const MODULE_SUFFIXES: [&str; 4] = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"];
+
 fn module_name(file: &Path) -> Option<String> {
     let name = file.file_name()?.to_str()?;
-    Some(name.strip_suffix(".ko")?.replace('-', "_"))
+    let stem = MODULE_SUFFIXES.iter().find_map(|suffix| name.strip_suffix(suffix))?;
+    Some(stem.replace('-', "_"))
+}
+
+/// A module file's ELF bytes, decompressed if it is compressed.
+fn module_bytes(ko: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let data = std::fs::read(ko).with_context(|| format!("reading {}", ko.display()))?;
+    let name = ko.to_string_lossy();
+    let mut out = Vec::new();
+    let decompressed = if name.ends_with(".xz") {
+        liblzma::read::XzDecoder::new(&data[..]).read_to_end(&mut out)
+    } else if name.ends_with(".zst") {
+        zstd::stream::read::Decoder::new(&data[..]).and_then(|mut d| d.read_to_end(&mut out))
+    } else if name.ends_with(".gz") {
+        flate2::read::GzDecoder::new(&data[..]).read_to_end(&mut out)
+    } else {
+        return Ok(data);
+    };
+    decompressed.with_context(|| format!("decompressing {}", ko.display()))?;
+    Ok(out)
 }
 
 impl ModuleTree {
@@ -92,7 +117,7 @@ impl ModuleTree {
 
 /// The `depends=` list of a .ko file, read from its ELF `.modinfo` section.
 pub fn depends(ko: &Path) -> Result<Vec<String>> {
-    let data = std::fs::read(ko).with_context(|| format!("reading {}", ko.display()))?;
+    let data = module_bytes(ko)?;
     let modinfo = elf_section(&data, ".modinfo").with_context(|| format!("{}: reading .modinfo", ko.display()))?;
     Ok(modinfo
         .split(|&b| b == 0)
@@ -128,4 +153,58 @@ fn elf_section<'a>(data: &'a [u8], wanted: &str) -> Result<&'a [u8]> {
         }
     }
     bail!("no {wanted} section")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal little-endian ELF64 file whose only sections are `.modinfo` (holding `modinfo`) and
+    /// the section-name table.
+    fn elf_with_modinfo(modinfo: &[u8]) -> Vec<u8> {
+        let names = b"\0.modinfo\0.shstrtab\0";
+        let mut elf = vec![0u8; 64];
+        elf[..6].copy_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1]);
+        let modinfo_at = elf.len();
+        elf.extend_from_slice(modinfo);
+        let names_at = elf.len();
+        elf.extend_from_slice(names);
+        let shoff = elf.len();
+        let header = |name: u32, offset: usize, size: usize| {
+            let mut h = vec![0u8; 64];
+            h[..4].copy_from_slice(&name.to_le_bytes());
+            h[0x18..0x20].copy_from_slice(&(offset as u64).to_le_bytes());
+            h[0x20..0x28].copy_from_slice(&(size as u64).to_le_bytes());
+            h
+        };
+        let table = [header(0, 0, 0), header(1, modinfo_at, modinfo.len()), header(10, names_at, names.len())];
+        for h in table {
+            elf.extend(h);
+        }
+        elf[0x28..0x30].copy_from_slice(&(shoff as u64).to_le_bytes());
+        elf[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
+        elf[0x3c..0x3e].copy_from_slice(&3u16.to_le_bytes());
+        elf[0x3e..0x40].copy_from_slice(&2u16.to_le_bytes());
+        elf
+    }
+
+    #[test]
+    fn depends_are_read_from_plain_and_compressed_modules() {
+        let dir = tempfile::tempdir().unwrap();
+        let elf = elf_with_modinfo(b"license=GPL\0depends=dm-mod,libcrc32c\0name=dm_crypt\0");
+        std::fs::write(dir.path().join("dm-crypt.ko"), &elf).unwrap();
+        let mut encoder = liblzma::write::XzEncoder::new(Vec::new(), 6);
+        std::io::Write::write_all(&mut encoder, &elf).unwrap();
+        let xz = encoder.finish().unwrap();
+        std::fs::write(dir.path().join("dm-crypt.ko.xz"), &xz).unwrap();
+        std::fs::write(dir.path().join("dm-crypt.ko.zst"), zstd::encode_all(&elf[..], 3).unwrap()).unwrap();
+        for file in ["dm-crypt.ko", "dm-crypt.ko.xz", "dm-crypt.ko.zst"] {
+            let path = dir.path().join(file);
+            assert_eq!(depends(&path).unwrap(), ["dm_mod", "libcrc32c"], "{file}");
+            assert_eq!(module_name(&path).as_deref(), Some("dm_crypt"), "{file}");
+        }
+        std::fs::write(dir.path().join("bad.ko.xz"), b"not xz").unwrap();
+        assert!(format!("{:#}", depends(&dir.path().join("bad.ko.xz")).unwrap_err()).contains("decompressing"));
+        assert_eq!(module_name(Path::new("x.ko.bz2")), None);
+    }
 }

@@ -4,7 +4,10 @@
 //! login program; the spec can deny more files (`deny-files`). Each refusal names the file and the
 //! package or overlay it came from, so the fix (an exclude, a `drop-files` entry) is obvious.
 //!
-//! Also here: `drop-files`, which removes package files a shell-less node has no use for.
+//! Also here: the content rules every layer follows, as Talos's extensions do (no setuid or setgid
+//! file, nothing world-writable but sticky directories; a directory Debian ships setgid, such as
+//! bookworm's /var/local, is normalised), and `drop-files`, which removes package files a shell-less
+//! node has no use for.
 
 use crate::spec::glob::{path_glob, DenyPattern, GLOB_OPTIONS};
 use crate::spec::protocol::SERVICE_ROOTS;
@@ -159,6 +162,86 @@ fn views(rel: &Path) -> Vec<String> {
     paths
 }
 
+const S_ISUID: u32 = 0o4000;
+const S_ISGID: u32 = 0o2000;
+const S_ISVTX: u32 = 0o1000;
+
+/// Clears the setuid/setgid bits of directories (and any group or world write beside them): on a
+/// directory they only steer ownership of new files, and nothing creates files in a read-only layer.
+/// Returns one line per directory changed, naming the package, for the build to say so.
+pub fn normalise_directories(tree: &Path, provenance: &Provenance) -> Result<Vec<String>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut changed = Vec::new();
+    for entry in walkdir::WalkDir::new(tree).min_depth(1).sort_by_file_name() {
+        let entry = entry.with_context(|| format!("walking {}", tree.display()))?;
+        if !entry.file_type().is_dir() {
+            continue;
+        }
+        let mode =
+            entry.metadata().with_context(|| format!("reading {}", entry.path().display()))?.permissions().mode();
+        if mode & (S_ISUID | S_ISGID) == 0 {
+            continue;
+        }
+        let new = mode & 0o1755;
+        fs::set_permissions(entry.path(), fs::Permissions::from_mode(new))
+            .with_context(|| format!("setting the mode of {}", entry.path().display()))?;
+        let rel = entry.path().strip_prefix(tree)?;
+        changed.push(format!(
+            "/{} ({}): a setgid/setuid directory, mode {:o} made {:o}",
+            rel.display(),
+            directory_origin(provenance, rel),
+            mode & 0o7777,
+            new & 0o7777
+        ));
+    }
+    Ok(changed)
+}
+
+/// Packages record files, not directories: a directory's origin is a package that put a file in it.
+fn directory_origin(provenance: &Provenance, rel: &Path) -> String {
+    match provenance.iter().find(|(path, _)| path.starts_with(rel) && path.as_path() != rel) {
+        Some((path, _)) => origin(provenance, path),
+        None => origin(provenance, rel),
+    }
+}
+
+/// Checks the content rules over `tree` (`what` names the layer): no setuid or setgid file, nothing
+/// world-writable but sticky directories. Fails listing each entry with its origin.
+pub fn check_modes(tree: &Path, what: &str, provenance: &Provenance) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut violations = Vec::new();
+    for entry in walkdir::WalkDir::new(tree).min_depth(1).sort_by_file_name() {
+        let entry = entry.with_context(|| format!("walking {}", tree.display()))?;
+        let kind = entry.file_type();
+        if kind.is_symlink() {
+            continue;
+        }
+        let mode =
+            entry.metadata().with_context(|| format!("reading {}", entry.path().display()))?.permissions().mode();
+        let rel = entry.path().strip_prefix(tree)?;
+        let who = || if kind.is_dir() { directory_origin(provenance, rel) } else { origin(provenance, rel) };
+        if !kind.is_dir() && mode & (S_ISUID | S_ISGID) != 0 {
+            violations.push(format!("/{} ({}): setuid/setgid (mode {:o})", rel.display(), who(), mode & 0o7777));
+        }
+        if mode & 0o002 != 0 && !(kind.is_dir() && mode & S_ISVTX != 0) {
+            violations.push(format!("/{} ({}): world-writable (mode {:o})", rel.display(), who(), mode & 0o7777));
+        }
+    }
+    if violations.is_empty() {
+        return Ok(());
+    }
+    let total = violations.len();
+    let mut listing = violations.into_iter().take(LISTED).collect::<Vec<_>>().join("\n  ");
+    if total > LISTED {
+        listing.push_str(&format!("\n  … and {} more", total - LISTED));
+    }
+    bail!(
+        "content rules: {what} holds {total} entr{} no layer may hold (no setuid or setgid file, nothing \
+         world-writable but sticky directories):\n  {listing}\nremove the file (`drop-files`) or exclude its package",
+        if total == 1 { "y" } else { "ies" }
+    )
+}
+
 /// The `#!` line of a script whose interpreter is a shell (directly or through `env`), if `path` is one.
 fn shell_shebang(path: &Path) -> Result<Option<String>> {
     let mut head = Vec::with_capacity(256);
@@ -186,8 +269,9 @@ mod tests {
     use super::*;
 
     fn spec_with(deny: &[&str]) -> ImageSpec {
-        let text =
-            format!("name = \"n\"\nversion = \"1\"\nsuite = \"bookworm\"\npackages = [\"a\"]\ndeny-files = {deny:?}\n");
+        let text = format!(
+            "name = \"n\"\nversion = \"1\"\nsuites = [\"bookworm\"]\npackages = [\"a\"]\ndeny-files = {deny:?}\n"
+        );
         toml::from_str(&text).unwrap()
     }
 
@@ -242,5 +326,38 @@ mod tests {
                 .unwrap_err()
                 .to_string();
         assert!(err.contains("node.toml, field `drop-files`") && err.contains("matches nothing"), "{err}");
+    }
+
+    #[test]
+    fn setid_files_and_loose_modes_are_refused_and_setgid_directories_normalised() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let chmod =
+            |rel: &str, mode: u32| fs::set_permissions(root.join(rel), fs::Permissions::from_mode(mode)).unwrap();
+        fs::create_dir_all(root.join("usr/bin")).unwrap();
+        fs::create_dir_all(root.join("var/local")).unwrap();
+        fs::create_dir_all(root.join("tmp")).unwrap();
+        fs::write(root.join("var/local/x"), "").unwrap();
+        chmod("var/local", 0o2775);
+        chmod("tmp", 0o1777);
+        let mut provenance = Provenance::new();
+        provenance.insert(PathBuf::from("var/local/x"), "base-files".to_string());
+        let notes = normalise_directories(root, &provenance).unwrap();
+        assert_eq!(notes, ["/var/local (package base-files): a setgid/setuid directory, mode 2775 made 755"]);
+        check_modes(root, "the root filesystem", &provenance).unwrap();
+
+        fs::write(root.join("usr/bin/su"), "").unwrap();
+        chmod("usr/bin/su", 0o4755);
+        provenance.insert(PathBuf::from("usr/bin/su"), "util-linux".to_string());
+        fs::write(root.join("usr/bin/open"), "").unwrap();
+        chmod("usr/bin/open", 0o666);
+        fs::create_dir_all(root.join("loose")).unwrap();
+        chmod("loose", 0o777);
+        let err = check_modes(root, "the root filesystem", &provenance).unwrap_err().to_string();
+        assert!(err.contains("/usr/bin/su (package util-linux): setuid/setgid (mode 4755)"), "{err}");
+        assert!(err.contains("/usr/bin/open (made by xtask): world-writable (mode 666)"), "{err}");
+        assert!(err.contains("/loose (made by xtask): world-writable (mode 777)"), "{err}");
+        assert!(err.contains("3 entries") && !err.contains("/tmp"), "{err}");
     }
 }

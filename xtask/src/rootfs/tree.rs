@@ -6,6 +6,7 @@ use super::overlay;
 use super::policy::{self, Policy};
 use crate::archive::deb;
 use crate::spec::{Arch, ImageSpec};
+use crate::util::progress;
 use crate::util::tree::Provenance;
 use anyhow::{Context, Result};
 use std::fs;
@@ -23,7 +24,7 @@ pub struct DebInput<'a> {
 }
 
 /// Builds the root tree at `root` (which must not exist yet): [`assemble`], then the spec's
-/// `drop-files`, then the no-shell policy over the result.
+/// `drop-files`, then the no-shell policy and the content rules over the result.
 pub fn build(
     root: &Path,
     spec: &ImageSpec,
@@ -40,7 +41,11 @@ pub fn build(
         &mut provenance,
         &format!("{}, field `drop-files`", spec_path.display()),
     )?;
-    policy.check_tree(root, "the root filesystem", &provenance)
+    for line in policy::normalise_directories(root, &provenance)? {
+        progress::note(format!("the root filesystem: {line}"));
+    }
+    policy.check_tree(root, "the root filesystem", &provenance)?;
+    policy::check_modes(root, "the root filesystem", &provenance)
 }
 
 /// Builds the root tree at `root` (which must not exist yet) and returns which package wrote each file.
@@ -87,7 +92,7 @@ pub fn os_release(spec: &ImageSpec) -> String {
          VERSION_ID={version}\nIMAGE_ID={name}\nIMAGE_VERSION={version}\n",
         name = spec.name,
         version = spec.version,
-        suite = spec.suite
+        suite = spec.release()
     )
 }
 

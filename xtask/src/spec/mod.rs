@@ -72,8 +72,9 @@ pub struct ImageSpec {
     pub name: String,
     /// Image version, reported by machined at boot and checked by boot-test.
     pub version: String,
-    /// Debian suite the packages come from, e.g. "bookworm".
-    pub suite: String,
+    /// Debian suites the packages come from, the release first, then its update suites, e.g.
+    /// ["trixie", "trixie-updates", "trixie-security"]. A package's newest version across them wins.
+    pub suites: Vec<String>,
     /// Archive components to search, e.g. ["main"].
     #[serde(default = "default_components")]
     pub components: Vec<String>,
@@ -249,9 +250,28 @@ pub fn load_spec(path: &Path) -> Result<ImageSpec> {
     Ok(spec)
 }
 
+impl ImageSpec {
+    /// The Debian release the image is made of: the first suite ("trixie").
+    pub fn release(&self) -> &str {
+        self.suites.first().map_or("", String::as_str)
+    }
+}
+
 /// Checks the fields whose values have a syntax of their own, naming the field on error.
 fn check_fields(spec: &ImageSpec, path: &Path) -> Result<()> {
     let field = |name: &str| format!("{}: field `{name}`", path.display());
+    if spec.suites.is_empty() {
+        bail!("{}: must name at least one suite, the release first (\"trixie\")", field("suites"));
+    }
+    let mut seen_suites = std::collections::BTreeSet::new();
+    for suite in &spec.suites {
+        if suite.is_empty() || !suite.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+            bail!("{}: {suite:?} is not a Debian suite name (lowercase letters, digits and '-')", field("suites"));
+        }
+        if !seen_suites.insert(suite) {
+            bail!("{}: {suite:?} is listed twice", field("suites"));
+        }
+    }
     let mut seen = std::collections::BTreeSet::new();
     for name in &spec.extensions {
         if !names::valid_name(name) {
@@ -412,8 +432,11 @@ mod tests {
     fn unknown_key_names_file_line_and_key() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.toml");
-        std::fs::write(&path, "name = \"n\"\nversion = \"1\"\nsuite = \"bookworm\"\npackages = [\"a\"]\npakages = 1\n")
-            .unwrap();
+        std::fs::write(
+            &path,
+            "name = \"n\"\nversion = \"1\"\nsuites = [\"bookworm\"]\npackages = [\"a\"]\npakages = 1\n",
+        )
+        .unwrap();
         let err = format!("{:#}", load_spec(&path).unwrap_err());
         assert!(err.contains("x.toml:5:1"), "{err}");
         assert!(err.contains("pakages"), "{err}");
@@ -434,7 +457,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.toml");
         let mut spec =
-            toml::from_str::<ImageSpec>("name = \"n\"\nversion = \"1\"\nsuite = \"bookworm\"\npackages = [\"a\"]\n")
+            toml::from_str::<ImageSpec>("name = \"n\"\nversion = \"1\"\nsuites = [\"bookworm\"]\npackages = [\"a\"]\n")
                 .unwrap();
         spec.drop_files = vec!["usr/bin/x".into()];
         let err = format!("{:#}", check_fields(&spec, &path).unwrap_err());

@@ -1,5 +1,5 @@
 //! Where a run's inputs and outputs live: the spec, the boards, the overlays, the output and cache
-//! directories, and the Debian mirror override. tasks/ makes one from the command line; every stage
+//! directories, and the Debian archive overrides. tasks/ makes one from the command line; every stage
 //! reads its paths from it.
 
 use crate::util::paths::repo_root;
@@ -14,6 +14,8 @@ pub struct Workspace {
     cache_dir: PathBuf,
     /// `--mirror` / XTASK_DEBIAN_MIRROR; None means the host's apt sources decide.
     pub mirror: Option<String>,
+    /// `--suite-mirror SUITE=URL` / XTASK_SUITE_MIRRORS entries, unparsed (archive/mirror.rs reads them).
+    pub suite_mirrors: Vec<String>,
 }
 
 impl Workspace {
@@ -26,6 +28,7 @@ impl Workspace {
         out_dir: Option<PathBuf>,
         cache_dir: Option<PathBuf>,
         mirror: Option<String>,
+        suite_mirrors: Vec<String>,
     ) -> Workspace {
         Workspace {
             spec: spec.unwrap_or_else(|| repo_root().join("image-spec/node.toml")),
@@ -34,6 +37,7 @@ impl Workspace {
             out_dir: out_dir.unwrap_or_else(|| repo_root().join("out")),
             cache_dir: cache_dir.unwrap_or_else(default_cache_dir),
             mirror,
+            suite_mirrors,
         }
     }
 

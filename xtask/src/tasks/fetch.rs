@@ -27,7 +27,7 @@ pub fn run(global: &Global, args: &FetchArgs) -> Result<()> {
         (arch, board) => select_board(&ws.boards_dir(), board, arch)?.arch(),
     };
     let lock = BuildInputs::load(&ws)?.lock(&ws)?;
-    let report = fetch(&ws, &lock, &lock.packages_for(arch))?;
+    let report = fetch(&ws, &lock.packages_for(arch))?;
     if global.json {
         #[derive(Serialize)]
         struct Output<'a> {

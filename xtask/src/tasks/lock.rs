@@ -3,6 +3,7 @@
 
 use super::{print_json, Global};
 use crate::archive::cache::Cache;
+use crate::archive::mirror::Mirrors;
 use crate::archive::release;
 use crate::image::inputs::BuildInputs;
 use crate::spec::Arch;
@@ -34,7 +35,7 @@ struct ArchSummary {
 #[derive(Serialize)]
 struct Summary<'a> {
     lock: &'a Path,
-    suite: &'a str,
+    suites: &'a [String],
     release_date: &'a str,
     changed: bool,
     sha256: String,
@@ -45,7 +46,7 @@ pub fn run(global: &Global) -> Result<()> {
     let ws = global.workspace();
     let inputs = BuildInputs::load(&ws)?;
     host::ensure(&release::requirements())?;
-    let resolved = inputs.lock_inputs().resolve(ws.mirror.as_deref(), &Cache::new(&ws))?;
+    let resolved = inputs.lock_inputs().resolve(&Mirrors::of(&ws)?, &Cache::new(&ws))?;
     let lock = &resolved.lock;
     let lock_path = ws.lock_path();
     let changed = lock.write(&lock_path)?;
@@ -80,7 +81,7 @@ pub fn run(global: &Global) -> Result<()> {
         .collect::<Vec<_>>();
     let summary = Summary {
         lock: &lock_path,
-        suite: &inputs.spec.suite,
+        suites: &inputs.spec.suites,
         release_date: &resolved.release_date,
         changed,
         sha256: lock.sha256()?,
@@ -97,11 +98,12 @@ fn print_summary(summary: &Summary, components: &[String]) -> std::io::Result<()
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "{} {} ({} {}, released {})",
+        "{} {} ({} {}, {} released {})",
         if summary.changed { "wrote" } else { "unchanged:" },
         summary.lock.display(),
-        summary.suite,
+        summary.suites.join(" "),
         components.join(" "),
+        summary.suites.first().map_or("", String::as_str),
         summary.release_date
     )?;
     for arch in &summary.arches {

@@ -10,6 +10,7 @@ pub mod fetch;
 pub mod host_tools;
 pub mod keygen;
 pub mod lock;
+pub mod outdated;
 pub mod sign;
 pub mod verify;
 
@@ -37,9 +38,19 @@ pub struct Global {
     /// Directory holding the root overlays and system extensions (extensions/<name>/) [default: overlays/]
     #[arg(long, global = true, env = "XTASK_OVERLAYS_DIR")]
     pub overlays_dir: Option<PathBuf>,
-    /// Debian mirror URL [default: the first Debian source in the host's apt configuration]
+    /// Debian archive URL for every suite [default: per suite, the host's apt sources]
     #[arg(long, global = true, env = "XTASK_DEBIAN_MIRROR")]
     pub mirror: Option<String>,
+    /// Debian archive URL for one suite, as SUITE=URL (repeatable; XTASK_SUITE_MIRRORS takes a
+    /// comma-separated list), e.g. trixie-security=http://mirror.example/debian-security
+    #[arg(
+        long = "suite-mirror",
+        global = true,
+        env = "XTASK_SUITE_MIRRORS",
+        value_delimiter = ',',
+        value_name = "SUITE=URL"
+    )]
+    pub suite_mirrors: Vec<String>,
     /// Print the result as JSON on stdout (for CI)
     #[arg(long, global = true)]
     pub json: bool,
@@ -54,6 +65,7 @@ impl Global {
             self.out_dir.clone(),
             self.cache_dir.clone(),
             self.mirror.clone(),
+            self.suite_mirrors.clone(),
         )
     }
 }
