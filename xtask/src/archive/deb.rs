@@ -90,6 +90,9 @@ pub fn unpack(deb: &Path, package: &str, root: &Path, provenance: &mut Provenanc
                     Err(_) => fs::create_dir(&dest).with_context(|| format!("creating {}", dest.display()))?,
                 }
                 fs::set_permissions(&dest, fs::Permissions::from_mode(mode))?;
+                // Directories too, so that a directory's mode can be traced to who shipped it; the
+                // first package to ship a shared one (usr/share/doc) keeps it.
+                provenance.entry(rel).or_insert_with(|| package.to_string());
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 remove_existing(&dest)?;

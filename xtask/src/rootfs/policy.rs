@@ -197,8 +197,11 @@ pub fn normalise_directories(tree: &Path, provenance: &Provenance) -> Result<Vec
     Ok(changed)
 }
 
-/// Packages record files, not directories: a directory's origin is a package that put a file in it.
+/// Who put a directory into the tree: the package that shipped it, else one that put a file in it.
 fn directory_origin(provenance: &Provenance, rel: &Path) -> String {
+    if provenance.contains_key(rel) {
+        return origin(provenance, rel);
+    }
     match provenance.iter().find(|(path, _)| path.starts_with(rel) && path.as_path() != rel) {
         Some((path, _)) => origin(provenance, path),
         None => origin(provenance, rel),
