@@ -508,11 +508,12 @@ fn check_sbom(dir: &Path, arch: &str) {
         assert_eq!(found["checksums"][0]["algorithm"], "SHA256");
         assert_eq!(found["checksums"][0]["checksumValue"], package["sha256"].as_str().unwrap(), "{name}");
         assert_eq!(found["supplier"], "Organization: Debian");
-        // A package URL scanners match advisories by: name, version (':' percent-encoded), arch, release.
+        // A package URL scanners match advisories by: name, version (':' and '+' percent-encoded), arch, release.
         let purl = found["externalRefs"][0]["referenceLocator"].as_str().unwrap();
-        let version = package["version"].as_str().unwrap().replace(':', "%3A");
+        let version = package["version"].as_str().unwrap().replace(':', "%3A").replace('+', "%2B");
         let deb_arch = package["arch"].as_str().unwrap();
-        assert_eq!(purl, format!("pkg:deb/debian/{name}@{version}?arch={deb_arch}&distro=trixie"), "{name}");
+        let encoded_name = name.replace('+', "%2B");
+        assert_eq!(purl, format!("pkg:deb/debian/{encoded_name}@{version}?arch={deb_arch}&distro=trixie"), "{name}");
         assert_eq!(found["externalRefs"][0]["referenceType"], "purl");
         // And the suite its version came from (trixie-security for a security fix).
         let suite = package["suite"].as_str().unwrap();
