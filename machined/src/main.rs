@@ -12,8 +12,9 @@
 //! powers off: PID 1 never exits and never hangs. This file is the boot order; the console lines it
 //! and boot-test agree on are in protocol.rs.
 //!
-//! Std only and valid for rustc 1.63: the image build compiles this crate with Debian's rustc for both
-//! architectures (xtask/src/machined_build.rs). libc functions are declared by hand in `sys`.
+//! The image build compiles this crate with Debian's cargo-web for both architectures
+//! (xtask/src/initramfs/machined.rs), statically linked. Its few dependencies are named, with why, in
+//! machined/Cargo.toml; the older system calls are still declared by hand in `sys`.
 //!
 //! `no_main`: std's runtime start aborts when fds 0-2 are closed and /dev/null cannot be opened, which
 //! is exactly an initramfs whose kernel found no /dev/console. Starting from the C `main` lets machined
@@ -23,6 +24,7 @@
 #![cfg_attr(test, allow(dead_code, unused_imports))]
 
 mod cgroups;
+mod config;
 mod console;
 mod containerd;
 mod contents;

@@ -148,17 +148,16 @@ struct Checkout {
 
 impl Checkout {
     /// Copies the inputs under `to` in a repository's layout (machined/ — its Cargo.toml and src/ —
-    /// beside the workspace Cargo.toml it inherits from, the spec and its lock in image-spec/, boards/,
+    /// with the workspace's manifests and Cargo.lock it builds from, the spec and its lock in image-spec/, boards/,
     /// overlays/), as checked out with `umask`.
     fn copy(&self, to: &Path, umask: u32) -> Result<Checkout> {
+        // machined builds from the workspace: its manifests and the one lockfile, beside machined/src.
         let machined_dir = to.join("machined");
-        for part in ["Cargo.toml", "src"] {
-            copy_tree(&self.machined_dir.join(part), &machined_dir.join(part), umask)?;
+        let workspace = self.machined_dir.parent().unwrap_or(Path::new("."));
+        for rel in machined::WORKSPACE_FILES {
+            copy_tree(&workspace.join(rel), &to.join(rel), umask)?;
         }
-        let workspace_manifest = self.machined_dir.parent().unwrap_or(Path::new(".")).join("Cargo.toml");
-        if workspace_manifest.is_file() {
-            copy_tree(&workspace_manifest, &to.join("Cargo.toml"), umask)?;
-        }
+        copy_tree(&self.machined_dir.join("src"), &machined_dir.join("src"), umask)?;
         let spec_name =
             self.spec.file_name().with_context(|| format!("spec path {} has no file name", self.spec.display()))?;
         let spec = to.join("image-spec").join(spec_name);

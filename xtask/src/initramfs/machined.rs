@@ -1,42 +1,46 @@
-//! Compiles machined (the image's PID 1, `machined/src/main.rs`) for a target architecture.
+//! Compiles machined (the image's PID 1, `machined/`) for a target architecture.
 //!
 //! rustup here has only the host target and cannot fetch others, so machined is compiled with
-//! Debian's rustc (1.63) and its `libstd-rust-dev[:arm64]`, linked statically by the GNU cross gcc.
-//! That is why machined is std-only and written for rustc 1.63 (rustup's cargo cannot drive that
-//! rustc, and cargo 1.65 cannot read a v4 Cargo.lock).
+//! Debian's rustc-web and cargo-web (1.96 in bookworm-security) and their `libstd-rust-web-dev[:arm64]`,
+//! linked statically by the GNU cross gcc. cargo-web builds machined and its few crates from the
+//! workspace (`Cargo.toml`, the one `Cargo.lock`, `--locked`) with the workspace's `image` profile.
 //!
-//! The result is reproducible (the source path is remapped; no debug info; symbols stripped) and
-//! cached under `<cache>/machined/<sha256>`, keyed on everything that decides the output: the rustc
-//! version, the target and flags, the linker's version, the static libc, and every source file.
+//! The result is reproducible (the checkout's and the registry's paths are remapped; no debug info;
+//! symbols stripped) and cached under `<cache>/machined/<sha256>`, keyed on everything that decides the
+//! output: the rustc and cargo versions, the target and flags, the linker's version, the static libc,
+//! the manifests, the lockfile (which pins every crate by checksum) and every source file.
 
 use crate::spec::Arch;
 use crate::util::cmd::{cmd, Cmd};
 use crate::util::digest::hex;
-use crate::util::host::{req, Requirement};
+use crate::util::host::{pkg_req, req, Requirement};
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-/// Debian's rustc: the one toolchain here that has std for both arches.
+/// Debian's rustc-web and cargo-web: the one toolchain here that has std for both arches.
 const RUSTC: &str = "/usr/bin/rustc";
+const CARGO: &str = "/usr/bin/cargo";
+/// The workspace profile machined is built with for the image (root Cargo.toml).
+const PROFILE: &str = "image";
+/// The oldest rustc that builds machined and its crates (rust-version in machined/Cargo.toml).
+const MIN_RUSTC: (u32, u32) = (1, 85);
 
-/// What compiling machined for `arch` needs: Debian's rustc (the one toolchain here with std for
-/// both arches), the target's std, and the GNU gcc and static libc that link it.
+/// What compiling machined for `arch` needs: Debian's rustc-web and cargo-web, the target's std, and
+/// the GNU gcc and static libc that link it. (rustc-web replaces Debian's older rustc.)
 pub fn requirements(arch: Arch) -> Vec<Requirement> {
-    let mut reqs = vec![req(RUSTC, "rustc", "compiling machined with a toolchain that targets both arches")];
+    let mut reqs = vec![
+        pkg_req("rustc-web", "compiling machined with a toolchain that targets both arches"),
+        pkg_req("cargo-web", "building machined and its crates"),
+        pkg_req("libstd-rust-web-dev", "compiling machined (and the crates' build-time code) for amd64"),
+    ];
     match arch {
         Arch::Amd64 => reqs.extend([
-            req("/usr/lib/rustlib/x86_64-unknown-linux-gnu/lib", "libstd-rust-dev", "compiling machined for amd64"),
             req("x86_64-linux-gnu-gcc", "gcc", "linking machined for amd64"),
             req("/usr/lib/x86_64-linux-gnu/libc.a", "libc6-dev", "linking machined statically for amd64"),
         ]),
         Arch::Arm64 => reqs.extend([
-            req(
-                "/usr/lib/rustlib/aarch64-unknown-linux-gnu/lib",
-                "libstd-rust-dev:arm64",
-                "compiling machined for arm64",
-            ),
+            pkg_req("libstd-rust-web-dev:arm64", "compiling machined for arm64"),
             req("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu", "linking machined for arm64"),
             req("/usr/aarch64-linux-gnu/lib/libc.a", "libc6-dev-arm64-cross", "linking machined statically for arm64"),
         ]),
@@ -56,7 +60,7 @@ fn packages() -> Vec<String> {
 }
 
 /// Bumped when the way the binary is built changes in a way the key would not see.
-const KEY_VERSION: &str = "machined-build/1";
+const KEY_VERSION: &str = "machined-build/2";
 
 fn linker(arch: Arch) -> &'static str {
     match arch {
@@ -73,25 +77,9 @@ fn elf_machine(arch: Arch) -> u16 {
     }
 }
 
-/// The rustc flags that decide the output, without any path (they are part of the cache key).
-fn flags(arch: Arch) -> Vec<String> {
-    [
-        "--edition=2021",
-        "--crate-name=machined",
-        "--crate-type=bin",
-        "-Copt-level=s",
-        // machined's panic hook reports and powers off; unwinding would buy nothing.
-        "-Cpanic=abort",
-        "-Ccodegen-units=1",
-        "-Cdebuginfo=0",
-        "-Cstrip=symbols",
-        "-Ctarget-feature=+crt-static",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([format!("--target={}", arch.rust_target()), format!("-Clinker={}", linker(arch))])
-    .collect()
-}
+/// The rustc flags for the target that decide the output, without any path (they are part of the
+/// cache key). The rest is the `image` profile.
+const RUSTFLAGS: [&str; 2] = ["-C", "target-feature=+crt-static"];
 
 /// Compiles machined for `arch` (or takes it from the cache) and returns the path of a copy in
 /// `work_dir`: `machined-<arch>`, a static ELF executable for the target.
@@ -101,7 +89,8 @@ pub fn build(arch: Arch, cache_dir: &Path, work_dir: &Path) -> Result<PathBuf> {
 
 /// Environment variable naming another copy of the machined crate to compile (and describe in the SBOM):
 /// `build-image --check-reproducible` builds its second image from a copy at another path, as a
-/// second clone would.
+/// second clone would. Its parent directory must hold the workspace (Cargo.toml, Cargo.lock,
+/// xtask/Cargo.toml).
 pub const CRATE_DIR_ENV: &str = "XTASK_MACHINED_DIR";
 
 /// The machined crate a build compiles: the repository's `machined/`, unless $XTASK_MACHINED_DIR names one.
@@ -110,6 +99,14 @@ pub fn crate_dir() -> PathBuf {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
         _ => crate::util::paths::repo_root().join("machined"),
     }
+}
+
+/// The files of the workspace a machined build reads besides machined's sources, relative to the
+/// workspace root.
+pub const WORKSPACE_FILES: [&str; 4] = ["Cargo.toml", "Cargo.lock", "xtask/Cargo.toml", "machined/Cargo.toml"];
+
+fn workspace_root(crate_dir: &Path) -> Result<&Path> {
+    crate_dir.parent().with_context(|| format!("{} has no parent (the workspace)", crate_dir.display()))
 }
 
 struct Built {
@@ -132,11 +129,10 @@ fn build_from(crate_dir: &Path, arch: Arch, cache_dir: &Path, work_dir: &Path) -
             .prefix(".build-")
             .tempdir_in(&entry_dir)
             .with_context(|| format!("creating a temporary directory in {}", entry_dir.display()))?;
-        let out = tmp.path().join("machined");
-        compile(crate_dir, arch, &out, tmp.path())?;
+        let out = compile(crate_dir, arch, tmp.path())?;
         let bytes = std::fs::read(&out).with_context(|| format!("reading {}", out.display()))?;
         check_elf(&bytes, arch)
-            .with_context(|| format!("rustc built a wrong binary for {arch} ({})", out.display()))?;
+            .with_context(|| format!("cargo built a wrong binary for {arch} ({})", out.display()))?;
         std::fs::rename(&out, &entry).with_context(|| format!("moving {} to {}", out.display(), entry.display()))?;
     }
 
@@ -157,39 +153,85 @@ fn set_executable(path: &Path) -> Result<()> {
         .with_context(|| format!("making {} executable", path.display()))
 }
 
-fn compile(crate_dir: &Path, arch: Arch, out: &Path, scratch: &Path) -> Result<()> {
-    // Panic locations then read /machined/src/…, whichever checkout built the binary.
-    let mut remap = OsString::from("--remap-path-prefix=");
-    remap.push(crate_dir.as_os_str());
-    remap.push("=/machined");
-    cmd(RUSTC)
-        .args(flags(arch))
-        .arg(remap)
-        .arg("-o")
-        .arg(out)
-        .arg(crate_dir.join("src/main.rs"))
-        .dir(scratch)
-        .run()
-        .with_context(|| format!("compiling machined for {arch}"))
+/// Where cargo keeps the crates it downloaded (their sources' paths are remapped).
+fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+}
+
+/// Runs cargo-web for the target in `scratch` and returns the binary's path there.
+fn compile(crate_dir: &Path, arch: Arch, scratch: &Path) -> Result<PathBuf> {
+    let root = workspace_root(crate_dir)?;
+    let target = arch.rust_target();
+    // Panic locations then read /build/machined/src/… and /cargo/…, whichever checkout built the binary.
+    let mut rustflags: Vec<String> = RUSTFLAGS.iter().map(|f| f.to_string()).collect();
+    rustflags.push(format!("--remap-path-prefix={}=/build", root.display()));
+    rustflags.push(format!("--remap-path-prefix={}=/cargo", cargo_home().display()));
+    let target_dir = scratch.join("target");
+    let mut build = cmd(CARGO)
+        .arg("build")
+        .arg("--manifest-path")
+        .arg(root.join("Cargo.toml"))
+        .args(["-p", "machined", "--profile", PROFILE, "--target", target, "--locked", "--quiet"])
+        .env("RUSTC", RUSTC)
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env(format!("CARGO_TARGET_{}_LINKER", target.to_uppercase().replace('-', "_")), linker(arch))
+        // 0x1f separates the flags, so a path with a space stays one flag.
+        .env("CARGO_ENCODED_RUSTFLAGS", rustflags.join("\u{1f}"))
+        .env("CARGO_INCREMENTAL", "0")
+        .dir(root);
+    // Whatever the caller's environment says about flags and wrappers must not reach the image.
+    for var in ["RUSTFLAGS", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "CARGO_BUILD_RUSTFLAGS", "CARGO_PROFILE_IMAGE_OPT_LEVEL"] {
+        build = build.env_remove(var);
+    }
+    build.run().with_context(|| format!("compiling machined for {arch}"))?;
+    Ok(target_dir.join(target).join(PROFILE).join("machined"))
 }
 
 fn missing(arch: Arch, what: String) -> anyhow::Error {
     anyhow::anyhow!(
-        "cannot compile machined for {arch}: {what}. machined is built with Debian's rustc and cross tools; \
-         install them with `apt-get install {}` (after `dpkg --add-architecture arm64` and `apt-get update`), \
-         or run `cargo xtask host-tools`",
+        "cannot compile machined for {arch}: {what}. machined is built with Debian's rustc-web, cargo-web and \
+         cross tools; install them with `apt-get install {}` (after `dpkg --add-architecture arm64` and \
+         `apt-get update`), or run `cargo xtask host-tools`",
         packages().join(" ")
     )
 }
 
-/// Checks that Debian's rustc, the target's std, the linker and the static libc are installed.
+/// The version rustc reports: "rustc 1.96.0 (...)" → (1, 96).
+fn rustc_version(text: &str) -> Option<(u32, u32)> {
+    let version = text.split_whitespace().nth(1)?;
+    let mut parts = version.split('.');
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// Checks that Debian's rustc-web and cargo-web, the target's std, the linker and the static libc
+/// are installed.
 fn check_toolchain(arch: Arch) -> Result<()> {
-    if !Path::new(RUSTC).is_file() {
-        return Err(missing(arch, format!("{RUSTC} is missing (package rustc)")));
+    for (tool, package) in [(RUSTC, "rustc-web"), (CARGO, "cargo-web")] {
+        if !Path::new(tool).is_file() {
+            return Err(missing(arch, format!("{tool} is missing (package {package})")));
+        }
+    }
+    let version = cmd(RUSTC).arg("-V").read()?;
+    match rustc_version(&version) {
+        Some(found) if found >= MIN_RUSTC => {}
+        _ => {
+            return Err(missing(
+                arch,
+                format!(
+                    "{RUSTC} is `{}`, older than {}.{} (Debian's rustc, not rustc-web)",
+                    version.trim(),
+                    MIN_RUSTC.0,
+                    MIN_RUSTC.1
+                ),
+            ))
+        }
     }
     let std_package = match arch {
-        Arch::Amd64 => "libstd-rust-dev",
-        Arch::Arm64 => "libstd-rust-dev:arm64",
+        Arch::Amd64 => "libstd-rust-web-dev",
+        Arch::Arm64 => "libstd-rust-web-dev:arm64",
     };
     let libdir = cmd(RUSTC).args(["--print", "target-libdir", "--target", arch.rust_target()]).read()?;
     let libdir = PathBuf::from(libdir.trim());
@@ -234,6 +276,7 @@ fn static_libc(arch: Arch) -> Result<PathBuf> {
 
 /// Hex sha256 over everything that decides the binary. Paths of the checkout do not enter it.
 fn cache_key(crate_dir: &Path, arch: Arch) -> Result<String> {
+    let root = workspace_root(crate_dir)?;
     let mut h = Sha256::new();
     let mut field = |bytes: &[u8]| {
         h.update((bytes.len() as u64).to_le_bytes());
@@ -241,14 +284,21 @@ fn cache_key(crate_dir: &Path, arch: Arch) -> Result<String> {
     };
     field(KEY_VERSION.as_bytes());
     field(cmd(RUSTC).arg("-vV").read()?.as_bytes());
+    field(cmd(CARGO).arg("-V").read()?.as_bytes());
     field(arch.rust_target().as_bytes());
-    for flag in flags(arch) {
+    field(PROFILE.as_bytes());
+    for flag in RUSTFLAGS {
         field(flag.as_bytes());
     }
     field(cmd(linker(arch)).arg("--version").read()?.as_bytes());
     let libc = static_libc(arch)?;
     let libc_bytes = std::fs::read(&libc).with_context(|| format!("reading {}", libc.display()))?;
     field(&Sha256::digest(&libc_bytes));
+    for rel in WORKSPACE_FILES {
+        let path = root.join(rel);
+        field(rel.as_bytes());
+        field(&std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?);
+    }
     for (rel, contents) in sources(crate_dir)? {
         field(rel.as_bytes());
         field(&contents);
@@ -371,16 +421,28 @@ mod tests {
         assert_eq!(entries.len(), 2, "one cache entry per arch, no leftovers: {entries:?}");
     }
 
+    /// Copies the workspace files a machined build reads, and machined's sources, under `to`.
+    fn copy_workspace(to: &Path) -> PathBuf {
+        let root = crate::util::paths::repo_root();
+        let original = root.join("machined");
+        for rel in WORKSPACE_FILES {
+            std::fs::create_dir_all(to.join(rel).parent().unwrap()).unwrap();
+            std::fs::copy(root.join(rel), to.join(rel)).unwrap();
+        }
+        let copy = to.join("machined");
+        for rel in sources(&original).unwrap().into_iter().map(|(rel, _)| rel) {
+            std::fs::create_dir_all(copy.join(&rel).parent().unwrap()).unwrap();
+            std::fs::copy(original.join(&rel), copy.join(&rel)).unwrap();
+        }
+        copy
+    }
+
     #[test]
     fn output_is_identical_from_another_checkout() {
         crate::tasks::host_tools::for_unit_tests();
         let dir = tempfile::tempdir().unwrap();
         let original = crate::util::paths::repo_root().join("machined");
-        let copy = dir.path().join("a/much/longer/path/to/another/clone/machined");
-        for rel in sources(&original).unwrap().into_iter().map(|(rel, _)| rel) {
-            std::fs::create_dir_all(copy.join(&rel).parent().unwrap()).unwrap();
-            std::fs::copy(original.join(&rel), copy.join(&rel)).unwrap();
-        }
+        let copy = copy_workspace(&dir.path().join("a/much/longer/path/to/another/clone"));
         for arch in Arch::ALL {
             assert_eq!(
                 cache_key(&original, arch).unwrap(),
@@ -395,19 +457,30 @@ mod tests {
     }
 
     #[test]
-    fn cache_key_follows_the_sources() {
+    fn cache_key_follows_the_sources_and_the_lock() {
         crate::tasks::host_tools::for_unit_tests();
         let dir = tempfile::tempdir().unwrap();
-        let crate_dir = dir.path().join("machined");
-        std::fs::create_dir_all(crate_dir.join("src")).unwrap();
-        std::fs::write(crate_dir.join("src/main.rs"), "fn main() {}\n").unwrap();
+        let crate_dir = copy_workspace(dir.path());
         let one = cache_key(&crate_dir, Arch::Amd64).unwrap();
         assert_ne!(one, cache_key(&crate_dir, Arch::Arm64).unwrap());
         std::fs::write(crate_dir.join("src/extra.rs"), "").unwrap();
         let two = cache_key(&crate_dir, Arch::Amd64).unwrap();
         assert_ne!(one, two);
-        std::fs::write(crate_dir.join("src/main.rs"), "fn main() { }\n").unwrap();
-        assert_ne!(two, cache_key(&crate_dir, Arch::Amd64).unwrap());
+        let main = std::fs::read_to_string(crate_dir.join("src/main.rs")).unwrap();
+        std::fs::write(crate_dir.join("src/main.rs"), format!("{main}\n")).unwrap();
+        let three = cache_key(&crate_dir, Arch::Amd64).unwrap();
+        assert_ne!(two, three);
+        let lock = std::fs::read_to_string(dir.path().join("Cargo.lock")).unwrap();
+        std::fs::write(dir.path().join("Cargo.lock"), format!("{lock}\n")).unwrap();
+        assert_ne!(three, cache_key(&crate_dir, Arch::Amd64).unwrap(), "the lock pins the crates");
+    }
+
+    #[test]
+    fn rustc_versions_are_read_and_compared() {
+        assert_eq!(rustc_version("rustc 1.96.0 (dfsg 2026)"), Some((1, 96)));
+        assert_eq!(rustc_version("rustc 1.63.0"), Some((1, 63)));
+        assert!(rustc_version("rustc 1.63.0").unwrap() < MIN_RUSTC);
+        assert_eq!(rustc_version("garbage"), None);
     }
 
     #[test]
@@ -422,9 +495,14 @@ mod tests {
     #[test]
     fn missing_tools_name_the_packages() {
         let msg = missing(Arch::Arm64, "x".into()).to_string();
-        for package in
-            ["rustc", "libstd-rust-dev", "libstd-rust-dev:arm64", "gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross"]
-        {
+        for package in [
+            "rustc-web",
+            "cargo-web",
+            "libstd-rust-web-dev",
+            "libstd-rust-web-dev:arm64",
+            "gcc-aarch64-linux-gnu",
+            "libc6-dev-arm64-cross",
+        ] {
             assert!(msg.contains(package), "{msg}");
         }
     }

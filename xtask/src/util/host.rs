@@ -128,11 +128,12 @@ pub fn host_uri(suite: &str) -> Result<String> {
     })
 }
 
-/// Something the host must have: a file (a program, a firmware image, a library) and its package.
+/// Something the host must have: a file (a program, a firmware image, a library) and its package, or
+/// (when no file tells, as for a toolchain that replaces another at the same paths) the package itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Requirement {
-    /// An absolute path, or a program name looked up on PATH.
-    pub file: String,
+    /// An absolute path, or a program name looked up on PATH; None: the package must be installed.
+    pub file: Option<String>,
     /// Debian package that provides it, with `:arm64` for foreign-arch packages.
     pub package: String,
     /// What needs it, for the message.
@@ -140,20 +141,47 @@ pub struct Requirement {
 }
 
 pub fn req(file: impl Into<String>, package: impl Into<String>, why: &'static str) -> Requirement {
-    Requirement { file: file.into(), package: package.into(), why }
+    Requirement { file: Some(file.into()), package: package.into(), why }
 }
 
-fn present(file: &str) -> bool {
-    if file.starts_with('/') {
-        Path::new(file).exists()
-    } else {
-        super::cmd::Cmd::exists(file)
+/// A package that must be installed, whatever files other packages provide at its paths.
+pub fn pkg_req(package: impl Into<String>, why: &'static str) -> Requirement {
+    Requirement { file: None, package: package.into(), why }
+}
+
+impl Requirement {
+    fn present(&self) -> bool {
+        match &self.file {
+            Some(file) if file.starts_with('/') => Path::new(file).exists(),
+            Some(file) => super::cmd::Cmd::exists(file),
+            None => {
+                // Qualified with an arch: a Multi-Arch package installed for two arches answers twice.
+                let package = if self.package.contains(':') {
+                    self.package.clone()
+                } else {
+                    match cmd("dpkg").arg("--print-architecture").read() {
+                        Ok(native) => format!("{}:{}", self.package, native.trim()),
+                        Err(_) => return false,
+                    }
+                };
+                cmd("dpkg-query")
+                    .args(["-W", "-f=${db:Status-Status}", &package])
+                    .read()
+                    .is_ok_and(|status| status.trim() == "installed")
+            }
+        }
+    }
+
+    /// What is missing, for the message.
+    fn missing(&self) -> &str {
+        self.file.as_deref().unwrap_or("the package")
     }
 }
 
 /// Installs the packages behind every missing requirement, or does nothing when all are present.
 pub fn ensure(reqs: &[Requirement]) -> Result<()> {
-    let mut missing: Vec<&Requirement> = reqs.iter().filter(|r| !present(&r.file)).collect();
+    let mut missing: Vec<&Requirement> = reqs.iter().filter(|r| !r.present()).collect();
+    missing.sort_by(|a, b| a.package.cmp(&b.package));
     missing.dedup_by(|a, b| a.package == b.package);
     if missing.is_empty() {
         return Ok(());
@@ -162,7 +190,7 @@ pub fn ensure(reqs: &[Requirement]) -> Result<()> {
     packages.sort();
     packages.dedup();
     for r in &missing {
-        progress::note(format!("installing {} for {} (missing {})", r.package, r.why, r.file));
+        progress::note(format!("installing {} for {} (missing {})", r.package, r.why, r.missing()));
     }
     if !is_root() {
         bail!(
@@ -183,7 +211,8 @@ pub fn ensure(reqs: &[Requirement]) -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive")
         .run()
         .with_context(|| format!("installing host tools {}", packages.join(" ")))?;
-    let still: Vec<&str> = reqs.iter().filter(|r| !present(&r.file)).map(|r| r.file.as_str()).collect();
+    let still: Vec<String> =
+        reqs.iter().filter(|r| !r.present()).map(|r| format!("{} ({})", r.missing(), r.package)).collect();
     if !still.is_empty() {
         bail!("installed {} but still missing: {}", packages.join(" "), still.join(", "));
     }
