@@ -30,6 +30,7 @@ mod containerd;
 mod contents;
 mod devices;
 mod dm;
+mod facts;
 mod fallible;
 mod json;
 mod modules;
