@@ -123,6 +123,7 @@ pub struct MachineConfig {
     pub role: Role,
     pub hostname: Option<String>,
     pub nameservers: Vec<Ipv4Addr>,
+    pub search_domains: Vec<String>,
     pub interfaces: Vec<Interface>,
     pub time_disabled: bool,
     pub time_servers: Vec<String>,
@@ -188,6 +189,7 @@ pub fn parse(text: &str) -> Checked<MachineConfig> {
         role,
         hostname: None,
         nameservers: Vec::new(),
+        search_domains: Vec::new(),
         interfaces: Vec::new(),
         time_disabled: false,
         time_servers: Vec::new(),
@@ -197,7 +199,7 @@ pub fn parse(text: &str) -> Checked<MachineConfig> {
     };
     if let Some(network) = machine.get("network") {
         let network = mapping(network, "machine.network")?;
-        known_keys(network, "machine.network", &["hostname", "nameservers", "interfaces"], &mut ignored);
+        known_keys(network, "machine.network", &["hostname", "nameservers", "searchDomains", "interfaces"], &mut ignored);
         if let Some(hostname) = string(network.get("hostname"), "machine.network.hostname")? {
             if !valid_hostname(&hostname) {
                 return invalid(
@@ -210,6 +212,13 @@ pub fn parse(text: &str) -> Checked<MachineConfig> {
         for (i, value) in list(network.get("nameservers"), "machine.network.nameservers")?.iter().enumerate() {
             let field = format!("machine.network.nameservers[{i}]");
             config.nameservers.push(ipv4(value, &field)?);
+        }
+        for (i, value) in list(network.get("searchDomains"), "machine.network.searchDomains")?.iter().enumerate() {
+            let field = format!("machine.network.searchDomains[{i}]");
+            match value {
+                Value::String(s) if valid_hostname(s) => config.search_domains.push(s.clone()),
+                other => return invalid(&field, format!("{} is not a domain name", show(other))),
+            }
         }
         for (i, value) in list(network.get("interfaces"), "machine.network.interfaces")?.iter().enumerate() {
             config.interfaces.push(interface(value, &format!("machine.network.interfaces[{i}]"), &mut ignored)?);
@@ -346,6 +355,33 @@ fn file(value: &Value, field: &str, ignored: &mut Vec<String>) -> Checked<File> 
         Some(other) => return invalid(&format!("{field}.op"), format!("{other:?} is not create, append or overwrite")),
     };
     Ok(File { path, content, permissions, op })
+}
+
+/// Writes the config's files (all under /var, checked by the parser); (path, error) for each.
+pub fn apply_files(files: &[File]) -> Vec<(String, Option<String>)> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    files
+        .iter()
+        .map(|f| {
+            let result = (|| -> std::io::Result<()> {
+                if let Some(parent) = std::path::Path::new(&f.path).parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                let mut options = std::fs::OpenOptions::new();
+                match f.op {
+                    FileOp::Create => options.write(true).create_new(true).mode(f.permissions),
+                    FileOp::Overwrite => options.write(true).truncate(true),
+                    FileOp::Append => options.append(true),
+                };
+                let mut file = options.open(&f.path)?;
+                let content = if f.op == FileOp::Append { format!("\n{}", f.content) } else { f.content.clone() };
+                file.write_all(content.as_bytes())?;
+                file.set_permissions(std::fs::Permissions::from_mode(f.permissions))
+            })();
+            (f.path.clone(), result.err().map(|e| e.to_string()))
+        })
+        .collect()
 }
 
 /// `0o644`, `0644` or `644` as octal.

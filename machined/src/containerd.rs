@@ -20,7 +20,9 @@ const VERSION_METHOD: &str = "/containerd.services.version.v1.Version/Version";
 const PROBE_LIMIT: Duration = Duration::from_secs(2);
 
 /// The root is read-only, so the configuration is written to /run at every boot. State lives on /var
-/// (the scratch disk) and /run; the CNI plugins are where Debian installs them.
+/// (the scratch disk) and /run; the CNI directories are where Kubernetes add-ons expect them
+/// (protocol::CNI_BIN_DIR and CNI_CONF_DIR, writable overlays on the scratch disk; Debian's plugins
+/// are linked into the first).
 const CONFIG_TEXT: &str = r#"# Written by machined at boot.
 version = 2
 root = "/var/lib/containerd"
@@ -36,10 +38,10 @@ disabled_plugins = [
 [grpc]
   address = "/run/containerd/containerd.sock"
 
-# The root is read-only, so network configurations (written by the cluster's CNI add-on) live on /var.
+# Writable overlays on the scratch disk: the cluster's CNI add-on installs its plugin and config here.
 [plugins."io.containerd.grpc.v1.cri".cni]
-  bin_dir = "/usr/lib/cni"
-  conf_dir = "/var/lib/cni/net.d"
+  bin_dir = "/opt/cni/bin"
+  conf_dir = "/etc/cni/net.d"
 
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
   SystemdCgroup = false

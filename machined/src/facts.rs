@@ -25,3 +25,19 @@ pub struct Facts {
     /// The clock was set from an NTP server (`depends: time`).
     pub time_synced: bool,
 }
+
+impl Facts {
+    /// The status's `facts` section: what the services' dependencies see.
+    pub fn json(&self) -> crate::json::Object {
+        let network = crate::json::Object::new()
+            .bool("addresses", self.network.addresses)
+            .bool("connectivity", self.network.connectivity)
+            .bool("hostname", self.network.hostname)
+            .bool("etcfiles", self.network.etcfiles);
+        crate::json::Object::new()
+            .bool("cri", self.cri)
+            .object("network", network)
+            .bool("configuration", self.configuration)
+            .bool("time", self.time_synced)
+    }
+}

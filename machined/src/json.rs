@@ -32,6 +32,7 @@ pub fn string(s: &str) -> String {
 }
 
 /// Builds one JSON object, member by member, in insertion order.
+#[derive(Clone, Debug)]
 pub struct Object {
     buf: String,
 }
@@ -122,6 +123,11 @@ impl Object {
         let s = value.finish();
         self.key(key).push_str(&s);
         self
+    }
+
+    /// Each (key, object) in turn, as fields of this object.
+    pub fn objects_by_key(self, fields: Vec<(&str, Object)>) -> Self {
+        fields.into_iter().fold(self, |o, (key, value)| o.object(key, value))
     }
 
     pub fn finish(mut self) -> String {

@@ -23,34 +23,44 @@
 #![cfg_attr(not(test), no_main)]
 #![cfg_attr(test, allow(dead_code, unused_imports))]
 
+mod api;
+mod applet;
 mod cgroups;
 mod config;
+mod config_source;
 mod console;
 mod containerd;
 mod contents;
 mod devices;
+mod dhcp;
 mod dm;
 mod facts;
 mod fallible;
 mod json;
+mod kubernetes;
 mod modules;
+mod modprobe;
+mod netlink;
+mod network;
 mod node;
 mod parse;
 #[allow(dead_code)] // some of the contract is for the builder's side only
 mod protocol;
 mod root;
 mod scratch;
+mod sntp;
 mod services;
 mod status;
 mod sys;
 
 use fallible::{Context, Fallible};
 use node::Node;
-use protocol::{FLOOR, FLOOR_FLAG, SCRATCH, SHUTDOWN, SMOKE_FLAG, STATUS};
+use protocol::{FLOOR, FLOOR_FLAG, NETWORK_WAIT_ARG, SCRATCH, SHUTDOWN, SMOKE_FLAG, STATUS};
 use services::{Isolation, Supervisor};
 use status::{ContainerdStatus, ExtensionStatus, Status};
 use std::fs::{self, OpenOptions};
 use std::os::raw::{c_int, c_ulong};
+use std::time::Duration;
 
 const OS_RELEASE: &str = "/usr/lib/os-release";
 const WRITE_PROBE: &str = "/.machined-write-probe";
@@ -58,8 +68,15 @@ const EROFS: i32 = 30;
 
 #[cfg(not(test))]
 #[no_mangle]
-pub extern "C" fn main(_argc: c_int, _argv: *const *const std::os::raw::c_char) -> c_int {
+// The C runtime is the only caller, with its argc and argv.
+#[allow(clippy::not_unsafe_ptr_arg_deref)]
+pub extern "C" fn main(argc: c_int, argv: *const *const std::os::raw::c_char) -> c_int {
     let init_start = sys::boot_ms();
+    // SAFETY: the C runtime passes argc strings in argv.
+    let args = unsafe { applet::args(argc, argv) };
+    if let Some(code) = applet::run(&args) {
+        return code;
+    }
     // SAFETY: getpid has no preconditions.
     if unsafe { sys::getpid() } != 1 {
         let _ = sys::write_all_fd(
@@ -111,6 +128,8 @@ fn boot(init_start: u64, sigmask: &sys::sigset_t) -> Fallible<Option<(Node, bool
 
     let root = root::assemble()?;
     milestones.push(("root_mounted", sys::boot_ms()));
+    // From now on the kernel's module requests go to machined's copy in the root.
+    let modprobe_helper = modprobe::install();
 
     let os_release = fs::read_to_string(OS_RELEASE).ctx(|| format!("read {OS_RELEASE} in the new root"))?;
     let field = |key: &str| {
@@ -127,6 +146,13 @@ fn boot(init_start: u64, sigmask: &sys::sigset_t) -> Fallible<Option<(Node, bool
     modules.wait_for(&["virtio_pci", "virtio_blk", "dm_crypt", "xts", "ecb"])?;
     milestones.push(("scratch_modules_loaded", sys::boot_ms()));
     let formatting = scratch::begin(&cmdline, &mut milestones);
+    // The machine config: the block devices are registered by now (the scratch disk was looked for).
+    let loaded = config_source::load(&[]);
+    milestones.push(("config_read", sys::boot_ms()));
+    let network = network::start(loaded.config(), loaded.meta_hostname());
+    let network_wait = parse::cmdline_value(&cmdline, NETWORK_WAIT_ARG).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let config_sysctls = loaded.config().map(|c| c.sysctls.clone()).unwrap_or_default();
+    let prepared = kubernetes::prepare(&kernel, &config_sysctls);
     containerd::prefetch();
     let extension_services = services::discover();
     devices::link_virtio_ports();
@@ -152,6 +178,9 @@ fn boot(init_start: u64, sigmask: &sys::sigset_t) -> Fallible<Option<(Node, bool
         }
     }
     milestones.push(("scratch_ready", sys::boot_ms()));
+    // On /var: the writable paths' upper layers and the config's files.
+    let writable = kubernetes::mount_writable_paths();
+    let files = loaded.config().map(|c| config::apply_files(&c.files)).unwrap_or_default();
 
     // containerd first: it takes longest to answer.
     let mut supervisor = Supervisor::new()?;
@@ -169,6 +198,7 @@ fn boot(init_start: u64, sigmask: &sys::sigset_t) -> Fallible<Option<(Node, bool
     milestones.push(("modules_loaded", sys::boot_ms()));
 
     let mut node = Node::new(sigmask, supervisor, scratch, containerd_state)?;
+    node.watch_network(network, Duration::from_secs(network_wait), loaded.config().is_some());
     let ready = node.wait_until_ready(&mut milestones);
     let mounts = fs::read_to_string("/proc/self/mounts").ctx(|| "read /proc/self/mounts".into())?;
     let (root_read_only, root_write_errno) = probe_root_write();
@@ -201,9 +231,16 @@ fn boot(init_start: u64, sigmask: &sys::sigset_t) -> Fallible<Option<(Node, bool
         cgroup_controllers: hierarchy.controllers,
         virtio_ports: devices::link_virtio_ports(),
         milestones_ms: milestones,
+        sections: vec![
+            ("config", loaded.json(&files)),
+            ("kubernetes", kubernetes::json(&prepared, &writable)),
+            ("modules_on_demand", modprobe::json(&modprobe_helper)),
+        ],
     };
-    let line = format!("{STATUS}{}\n", status::status_json(status));
+    let status = node.refreshed(status);
+    let line = format!("{STATUS}{}\n", status::status_json(status.clone()));
     console::write(line.as_bytes());
+    node.serve_api(status, modprobe_helper);
     Ok(Some((node, parse::cmdline_has(&cmdline, SMOKE_FLAG))))
 }
 

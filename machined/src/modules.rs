@@ -74,6 +74,11 @@ pub fn start() -> Fallible<Loader> {
 const MODULE_INIT_COMPRESSED_FILE: c_long = 4;
 
 fn load(path: &str, file: &File) -> Fallible<()> {
+    insert(path, file).map(drop)
+}
+
+/// finit_module(2) on an open module file; Ok(false) when the kernel already has it.
+pub fn insert(path: &str, file: &File) -> Fallible<bool> {
     let params = b"\0";
     // An uncompressed module with the flag is refused (EINVAL), a compressed one without it too.
     let flags = if parse::is_compressed_module(path) { MODULE_INIT_COMPRESSED_FILE } else { 0 };
@@ -81,11 +86,12 @@ fn load(path: &str, file: &File) -> Fallible<()> {
     let ret = unsafe { sys::syscall(sys::SYS_FINIT_MODULE, file.as_raw_fd() as c_long, params.as_ptr(), flags) };
     if ret != 0 {
         let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(sys::EEXIST) {
-            return Err(format!("load module {path}: finit_module: {err}"));
+        if err.raw_os_error() == Some(sys::EEXIST) {
+            return Ok(false);
         }
+        return Err(format!("load module {path}: finit_module: {err}"));
     }
-    Ok(())
+    Ok(true)
 }
 
 impl Loader {

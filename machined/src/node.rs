@@ -7,8 +7,9 @@ use crate::console;
 use crate::fallible::{Context, Fallible};
 use crate::protocol::{NOT_READY, SCRATCH_CLOSED, SCRATCH_CLOSE_FAILED, SHUTDOWN};
 use crate::services::Supervisor;
-use crate::status::ContainerdStatus;
-use crate::{containerd, devices, parse, scratch, sys};
+use crate::facts::{Facts, NetworkFacts};
+use crate::status::{self, ContainerdStatus, Status};
+use crate::{api, containerd, devices, modprobe, network, parse, scratch, sys};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::raw::{c_int, c_ulong};
@@ -38,6 +39,14 @@ pub struct Node {
     /// When containerd's socket first accepted a connection (ms since boot).
     socket_seen_ms: Option<u64>,
     created: Instant,
+    network: Option<network::Shared>,
+    /// How long readiness may wait for the network to settle, from its start.
+    network_wait: Duration,
+    configured: bool,
+    /// The status as last reported, refreshed for the API while the node runs.
+    status: Option<(Status, api::Latest)>,
+    last_refresh: Instant,
+    modprobe_helper: Result<(), String>,
 }
 
 impl Node {
@@ -62,7 +71,84 @@ impl Node {
             last_probe: None,
             socket_seen_ms: None,
             created: Instant::now(),
+            network: None,
+            network_wait: Duration::ZERO,
+            configured: false,
+            status: None,
+            last_refresh: Instant::now(),
+            modprobe_helper: Ok(()),
         })
+    }
+
+    /// The network the node runs (see network.rs), whether a machine config was applied, and how long
+    /// readiness may wait for the network.
+    pub fn watch_network(&mut self, network: network::Shared, wait: Duration, configured: bool) {
+        self.network = Some(network);
+        self.network_wait = wait;
+        self.configured = configured;
+    }
+
+    /// What the services' dependencies are judged against now.
+    pub fn facts(&self) -> Facts {
+        let state = self.network.as_ref().map(network::snapshot).unwrap_or_default();
+        Facts {
+            cri: matches!(self.containerd, ContainerdStatus::Answered { .. }),
+            network: NetworkFacts {
+                addresses: state.has("addresses"),
+                connectivity: state.has("connectivity"),
+                hostname: state.has("hostname"),
+                etcfiles: state.has("etcfiles"),
+            },
+            configuration: self.configured,
+            time_synced: state.time.synced,
+        }
+    }
+
+    fn network_settled(&self) -> bool {
+        self.network.as_ref().is_none_or(|n| network::snapshot(n).settled)
+    }
+
+    /// `status` with its live parts (services, containerd, network, time, modules loaded on demand)
+    /// as they are now.
+    pub fn refreshed(&self, mut status: Status) -> Status {
+        status.services = self.supervisor.summaries();
+        status.containerd = self.containerd_status();
+        let state = self.network.as_ref().map(network::snapshot).unwrap_or_default();
+        let facts = self.facts();
+        let live = [
+            ("network", network::json(&state, self.network_wait.as_secs())),
+            ("time", network::time_json(&state.time)),
+            ("facts", facts.json()),
+        ];
+        for (key, section) in live {
+            match status.sections.iter_mut().find(|(k, _)| *k == key) {
+                Some(slot) => slot.1 = section,
+                None => status.sections.push((key, section)),
+            }
+        }
+        status
+    }
+
+    /// Serves the status on the API port from now on, refreshed once a second.
+    pub fn serve_api(&mut self, status: Status, modprobe_helper: Result<(), String>) {
+        let latest = api::serve(status::status_json(status.clone()));
+        self.status = Some((status, latest));
+        self.modprobe_helper = modprobe_helper;
+    }
+
+    fn refresh_api(&mut self) {
+        if self.last_refresh.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        self.last_refresh = Instant::now();
+        if let Some((status, latest)) = self.status.take() {
+            let mut status = self.refreshed(status);
+            if let Some(slot) = status.sections.iter_mut().find(|(k, _)| *k == "modules_on_demand") {
+                slot.1 = modprobe::json(&self.modprobe_helper);
+            }
+            api::update(&latest, status::status_json(status.clone()));
+            self.status = Some((status, latest));
+        }
     }
 
     pub fn containerd_status(&self) -> ContainerdStatus {
@@ -93,7 +179,12 @@ impl Node {
                 }
             }
             let containerd_done = !matches!(self.containerd, ContainerdStatus::NotAnswering { .. });
-            if containerd_done && self.supervisor.settled(DEPENDS_GRACE) {
+            // The network may hold readiness back only as long as the board allows.
+            let network_done = self.network_settled() || start.elapsed() >= self.network_wait;
+            if network_done && self.network_settled() && !milestones.iter().any(|(m, _)| *m == "network_settled") {
+                milestones.push(("network_settled", sys::boot_ms()));
+            }
+            if containerd_done && network_done && self.supervisor.settled(DEPENDS_GRACE) {
                 return true;
             }
             if start.elapsed() > READY_LIMIT {
@@ -109,7 +200,7 @@ impl Node {
         if !matches!(self.containerd, ContainerdStatus::NotAnswering { .. }) {
             return;
         }
-        let due = self.last_probe.map_or(true, |t| t.elapsed() >= Duration::from_millis(100));
+        let due = self.last_probe.is_none_or(|t| t.elapsed() >= Duration::from_millis(100));
         if !due || self.supervisor.pid_of("containerd").is_none() || !containerd::socket_accepts() {
             return;
         }
@@ -127,6 +218,7 @@ impl Node {
     pub fn run(&mut self) -> ! {
         loop {
             self.turn(Duration::from_secs(1));
+            self.refresh_api();
         }
     }
 
@@ -134,7 +226,7 @@ impl Node {
     /// service output, handles it, reaps children, and starts services that are due. Shuts down
     /// (never returns) on a shutdown request.
     fn turn(&mut self, max_wait: Duration) {
-        if self.last_input_scan.map_or(true, |t| t.elapsed() >= Duration::from_secs(1)) {
+        if self.last_input_scan.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
             scan_inputs(&mut self.inputs);
             self.last_input_scan = Some(Instant::now());
         }

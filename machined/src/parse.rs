@@ -313,7 +313,7 @@ pub fn service_spec(text: &str) -> Result<ServiceSpec, String> {
         return Err(format!("name={name:?} must be ASCII letters, digits, '-', '_', '.'"));
     }
     let root = root.ok_or("no root=")?;
-    if !is_clean_abs_path(&root) || !root.strip_prefix(SERVICE_ROOTS).map_or(false, |rest| rest.starts_with('/')) {
+    if !is_clean_abs_path(&root) || !root.strip_prefix(SERVICE_ROOTS).is_some_and(|rest| rest.starts_with('/')) {
         return Err(format!("root={root:?} must be a clean path under {SERVICE_ROOTS}/"));
     }
     let entrypoint = entrypoint.ok_or("no entrypoint=")?;
@@ -454,6 +454,103 @@ fn unescape_mount_path(s: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// depmod's modules.dep: `kernel/fs/fat/vfat.ko.xz: kernel/fs/fat/fat.ko.xz` per line, as (module
+/// name, path, dependency paths).
+pub fn modules_dep(text: &str) -> Vec<(String, String, Vec<String>)> {
+    text.lines()
+        .filter_map(|line| {
+            let (path, deps) = line.split_once(':')?;
+            let path = path.trim();
+            Some((module_name(path), path.to_string(), deps.split_whitespace().map(String::from).collect()))
+        })
+        .collect()
+}
+
+/// depmod's modules.alias: `alias <pattern> <module>` per line, as (pattern, module).
+pub fn modules_alias(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next()? == "alias").then_some(())?;
+            Some((words.next()?.to_string(), words.next()?.replace('-', "_")))
+        })
+        .collect()
+}
+
+/// fnmatch(3) without flags, as modprobe matches aliases: `*`, `?` and `[...]` (with ranges and `!`).
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    fn class(p: &[u8], c: u8) -> Option<(bool, usize)> {
+        // Returns (matched, length of the class in the pattern) for a pattern starting after '['.
+        let (negate, mut i) = if p.first() == Some(&b'!') { (true, 1) } else { (false, 0) };
+        let mut matched = false;
+        let mut first = true;
+        while i < p.len() && (first || p[i] != b']') {
+            first = false;
+            if i + 2 < p.len() && p[i + 1] == b'-' && p[i + 2] != b']' {
+                matched |= p[i] <= c && c <= p[i + 2];
+                i += 3;
+            } else {
+                matched |= p[i] == c;
+                i += 1;
+            }
+        }
+        (i < p.len()).then_some((matched != negate, i + 1))
+    }
+    fn go(p: &[u8], t: &[u8]) -> bool {
+        match p.first() {
+            None => t.is_empty(),
+            Some(b'*') => (0..=t.len()).any(|skip| go(&p[1..], &t[skip..])),
+            Some(b'?') => !t.is_empty() && go(&p[1..], &t[1..]),
+            Some(b'[') => match (t.first(), class(&p[1..], *t.first().unwrap_or(&0))) {
+                (Some(_), Some((true, len))) => go(&p[1 + len..], &t[1..]),
+                (Some(c), None) => *c == b'[' && go(&p[1..], &t[1..]),
+                _ => false,
+            },
+            Some(c) => t.first() == Some(c) && go(&p[1..], &t[1..]),
+        }
+    }
+    go(pattern.as_bytes(), text.as_bytes())
+}
+
+/// The IPv6 addresses of one interface from /proc/net/if_inet6 (`address ifindex prefix scope flags
+/// name`, the address as 32 hex digits), as `addr/prefix`.
+pub fn ipv6_addresses(if_inet6: &str, ifname: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in if_inet6.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() != 6 || fields[5] != ifname || fields[0].len() != 32 {
+            continue;
+        }
+        let Ok(prefix) = u8::from_str_radix(fields[2], 16) else { continue };
+        let Ok(bits) = u128::from_str_radix(fields[0], 16) else { continue };
+        out.push(format!("{}/{prefix}", std::net::Ipv6Addr::from(bits)));
+    }
+    out
+}
+
+/// /etc/resolv.conf's text for these servers and search domains.
+pub fn resolv_conf(nameservers: &[std::net::Ipv4Addr], search: &[String]) -> String {
+    let mut text = String::from("# written by machined from the machine config or the DHCP lease\n");
+    for server in nameservers {
+        text.push_str(&format!("nameserver {server}\n"));
+    }
+    if !search.is_empty() {
+        text.push_str(&format!("search {}\n", search.join(" ")));
+    }
+    text
+}
+
+/// /etc/hosts's text: localhost, and the host name on the node's first address (or on 127.0.1.1
+/// while it has none, as Debian does).
+pub fn hosts_file(hostname: &str, address: Option<&str>) -> String {
+    let short = hostname.split('.').next().unwrap_or(hostname);
+    let names = if short == hostname { hostname.to_string() } else { format!("{hostname} {short}") };
+    format!(
+        "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n{} {names}\n",
+        address.unwrap_or("127.0.1.1")
+    )
 }
 
 #[cfg(test)]
@@ -702,5 +799,35 @@ mod tests {
         assert_eq!(signal_name(12), "SIGUSR2");
         assert_eq!(signal_name(2), "SIGINT");
         assert_eq!(signal_name(99), "SIG99");
+    }
+
+    #[test]
+    fn depmod_indexes_and_alias_patterns() {
+        let dep = "kernel/fs/fat/vfat.ko.xz: kernel/fs/fat/fat.ko.xz\nkernel/fs/fat/fat.ko.xz:\n";
+        let parsed = modules_dep(dep);
+        assert_eq!(parsed[0], ("vfat".into(), "kernel/fs/fat/vfat.ko.xz".into(), vec!["kernel/fs/fat/fat.ko.xz".into()]));
+        assert_eq!(parsed[1].2, Vec::<String>::new());
+        let aliases = modules_alias("# comment\nalias fs-vfat vfat\nalias net-pf-10 ipv6\nalias pci:v00001AF4d*sv*sd*bc*sc*i* virtio-pci\n");
+        assert_eq!(aliases[0], ("fs-vfat".into(), "vfat".into()));
+        assert_eq!(aliases[2].1, "virtio_pci");
+        assert!(glob_match("fs-vfat", "fs-vfat"));
+        assert!(!glob_match("fs-vfat", "fs-vfat2"));
+        assert!(glob_match("pci:v00001AF4d*sv*sd*bc*sc*i*", "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00"));
+        assert!(!glob_match("pci:v00001AF4d*", "pci:v00008086d00001000"));
+        assert!(glob_match("nf-ct-proto-?", "nf-ct-proto-6"));
+        assert!(glob_match("x[0-9]y", "x5y") && !glob_match("x[0-9]y", "xay"));
+        assert!(glob_match("x[!0-9]y", "xay") && !glob_match("x[!0-9]y", "x5y"));
+        assert!(!glob_match("x[0-9", "x5"), "an unclosed class is a literal '['");
+    }
+
+    #[test]
+    fn resolv_conf_hosts_and_ipv6_addresses() {
+        let resolv = resolv_conf(&["10.0.3.1".parse().unwrap()], &["cluster.test".into()]);
+        assert!(resolv.contains("nameserver 10.0.3.1\n") && resolv.ends_with("search cluster.test\n"));
+        assert!(hosts_file("cp-1.cluster.test", Some("10.0.3.10")).contains("10.0.3.10 cp-1.cluster.test cp-1\n"));
+        assert!(hosts_file("node", None).contains("127.0.1.1 node\n"));
+        let if_inet6 = "fec000000000000050540ffffe123456 02 40 00 00     eth0\nfe80000000000000505400fffe123456 02 40 20 80     eth0\n00000000000000000000000000000001 01 80 10 80       lo\n";
+        assert_eq!(ipv6_addresses(if_inet6, "eth0"), ["fec0::5054:fff:fe12:3456/64", "fe80::5054:ff:fe12:3456/64"]);
+        assert_eq!(ipv6_addresses(if_inet6, "lo"), ["::1/128"]);
     }
 }

@@ -1,7 +1,7 @@
 //! The wire contract between the image and the host that builds and tests it, written once: the
 //! console lines machined prints (boot-test and bench read them), the kernel arguments it obeys, and
 //! the files the image builder lays out for it. xtask and the integration tests include this file
-//! (`#[path]`), so it holds only constants, depends on nothing, and stays valid for rustc 1.63.
+//! (`#[path]`), so it holds only constants and depends on nothing.
 
 /// Prefix of the one line machined prints when the node is up: `MACHINED-STATUS {json}`.
 pub const STATUS: &str = "MACHINED-STATUS ";
@@ -33,6 +33,18 @@ pub const FLOOR_FLAG: &str = "machined.floor=1";
 pub const SMOKE_FLAG: &str = "machined.smoke=1";
 /// Kernel argument key: `machined.scratch-serial=<serial>` names the scratch disk by its serial.
 pub const SCRATCH_SERIAL_ARG: &str = "machined.scratch-serial";
+/// Kernel argument key: `machined.network-wait=<seconds>`, how long the node's readiness may wait for
+/// the network (addresses and DHCP leases); the board sets it. The network's own readiness is
+/// reported separately.
+pub const NETWORK_WAIT_ARG: &str = "machined.network-wait";
+
+/// The machine config: a NoCloud volume with this filesystem label (either case) holding
+/// `user-data`, or an SMBIOS OEM string starting with [`CONFIG_OEM_STRING`] and then the document
+/// in base64.
+pub const CONFIG_VOLUME_LABEL: &str = "CIDATA";
+pub const CONFIG_OEM_STRING: &str = "machined.config=";
+/// The node's API: TCP, all addresses; a connection gets the current status as one JSON line.
+pub const API_PORT: u16 = 50000;
 
 /// Files in the initramfs, as absolute paths on the node (the cpio holds them without the leading '/').
 pub const INIT: &str = "/init";
@@ -43,6 +55,23 @@ pub const MODULE_LIST: &str = "/etc/machined/modules";
 pub const EXTENSION_LIST: &str = "/etc/machined/extensions";
 /// Where the extension layers lie: `<EXTENSION_IMAGES>/<name>.sqsh`.
 pub const EXTENSION_IMAGES: &str = "/extensions";
+
+/// Files the image builder puts in the root for machined.
+/// Directories of the read-only root that get a writable overlay backed by the scratch disk (what a
+/// CNI or a kubelet writes to), one absolute path per line.
+pub const WRITABLE_LIST: &str = "/etc/machined/writable";
+/// machined itself in the root (the initramfs's copy is gone once the root is switched): what the
+/// kernel runs as its modprobe helper, through [`MODPROBE`], a link whose name selects the applet.
+pub const MACHINED_IN_ROOT: &str = "/usr/sbin/init";
+pub const MODPROBE: &str = "/usr/lib/machined/modprobe";
+/// Where a CNI add-on finds and installs plugins and writes its network config, as Kubernetes
+/// expects; the builder links Debian's plugins (in [`DEBIAN_CNI_PLUGINS`]) into the first. Both must
+/// be among the spec's writable paths for an add-on to install anything.
+pub const CNI_BIN_DIR: &str = "/opt/cni/bin";
+pub const CNI_CONF_DIR: &str = "/etc/cni/net.d";
+pub const DEBIAN_CNI_PLUGINS: &str = "/usr/lib/cni";
+/// What the modprobe helper did, one line per request: `<request> <result>`.
+pub const MODPROBE_LOG: &str = "/run/machined/modprobe.log";
 
 /// Extension service roots on the node: `<SERVICE_ROOTS>/<name>` (as in Talos).
 pub const SERVICE_ROOTS: &str = "/usr/local/lib/containers";

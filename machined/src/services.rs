@@ -69,6 +69,7 @@ pub struct Service {
 }
 
 /// One service's state for the status line.
+#[derive(Clone)]
 pub struct Summary {
     pub name: String,
     pub pid: Option<i32>,
@@ -617,7 +618,7 @@ pub fn discover() -> Vec<Discovered> {
         Ok(entries) => entries
             .filter_map(|e| e.ok())
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.strip_suffix(SERVICE_SUFFIX).map_or(false, |stem| stem.ends_with('.')))
+            .filter(|n| n.strip_suffix(SERVICE_SUFFIX).is_some_and(|stem| stem.ends_with('.')))
             .collect(),
         Err(_) => return Vec::new(), // no extension services
     };

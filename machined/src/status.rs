@@ -3,12 +3,14 @@
 use crate::{cgroups, containerd, json, scratch, services};
 
 /// An extension as reported.
+#[derive(Clone)]
 pub struct ExtensionStatus {
     pub name: String,
     pub version: String,
 }
 
 /// containerd as reported.
+#[derive(Clone)]
 pub enum ContainerdStatus {
     /// The root has no /usr/bin/containerd.
     Missing,
@@ -22,6 +24,7 @@ pub enum ContainerdStatus {
 }
 
 /// What machined reports once the node is up.
+#[derive(Clone)]
 pub struct Status {
     pub arch: &'static str,
     pub image: String,
@@ -45,10 +48,14 @@ pub struct Status {
     pub cgroup_controllers: Vec<String>,
     pub virtio_ports: Vec<String>,
     pub milestones_ms: Vec<(&'static str, u64)>,
+    /// Sections rendered by the modules they report on (config, network, time, kubernetes, ...), in
+    /// order, after the fields above; refreshed while the node runs.
+    pub sections: Vec<(&'static str, json::Object)>,
 }
 
 /// The status as one JSON object on one line.
 pub fn status_json(s: Status) -> String {
+    let sections = s.sections.clone();
     let mut milestones = json::Object::new();
     for (name, ms) in &s.milestones_ms {
         milestones = milestones.u64(name, *ms);
@@ -103,6 +110,7 @@ pub fn status_json(s: Status) -> String {
         .object("cgroups", cgroups)
         .str_array("virtio_ports", &s.virtio_ports)
         .object("milestones_ms", milestones)
+        .objects_by_key(sections)
         .finish()
 }
 
@@ -160,6 +168,7 @@ mod tests {
             cgroup_controllers: vec!["cpu".into(), "memory".into()],
             virtio_ports: vec!["org.qemu.guest_agent.0".into()],
             milestones_ms: vec![("init_start", 1), ("modules_loaded", 2), ("root_mounted", 3), ("ready", 4)],
+            sections: vec![("network", json::Object::new().bool("ready", true))],
         }
     }
 
@@ -178,7 +187,8 @@ mod tests {
                 r#""setid_found":[],"world_writable_found":[],"#,
                 r#""cgroups":{"system":"/sys/fs/cgroup/system","kubepods":"/sys/fs/cgroup/kubepods","controllers":["cpu","memory"]},"#,
                 r#""virtio_ports":["org.qemu.guest_agent.0"],"#,
-                r#""milestones_ms":{"init_start":1,"modules_loaded":2,"root_mounted":3,"ready":4}}"#
+                r#""milestones_ms":{"init_start":1,"modules_loaded":2,"root_mounted":3,"ready":4},"#,
+                r#""network":{"ready":true}}"#
             )
         );
     }

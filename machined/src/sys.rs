@@ -72,6 +72,7 @@ pub const MS_BIND: c_ulong = 4096;
 pub const MS_MOVE: c_ulong = 8192;
 pub const MS_REC: c_ulong = 16384;
 pub const MS_PRIVATE: c_ulong = 1 << 18;
+pub const MS_SHARED: c_ulong = 1 << 20;
 
 pub const MNT_DETACH: c_int = 2;
 

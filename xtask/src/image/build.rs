@@ -6,24 +6,28 @@
 //! 3. Trees: the root tree and one tree per extension, assembled and checked (Talos's content rules,
 //!    the no-shell policy) in a work directory in the cache, so a refused build never touches out/.
 //! 4. machined compiled for the arch.
-//! 5. Kernel and stub: unpacked once into the cache; the boot modules' closure from their .modinfo.
-//! 6. Squashfs: the root and each extension layer.
-//! 7. Initramfs: machined, the root squashfs, the boot modules, then the extension layers.
-//! 8. UKI: stub + os-release, command line, kernel release, initramfs, kernel.
-//! 9. Disk: the ESP holding the UKI in a GPT disk, and its qcow2.
-//! 10. SBOM.
-//! 11. manifest.json, and the whole staging directory published into out/<board>/.
+//! 5. Kernel and stub: unpacked once into the cache; the boot modules' closure from their .modinfo;
+//!    the kernel's configuration judged against Cilium's requirements.
+//! 6. The root's machine parts: machined's copy (the kernel's modprobe helper, the guest agent's
+//!    shutdown), and the on-demand module tree with depmod's indexes.
+//! 7. Squashfs: the root and each extension layer.
+//! 8. Initramfs: machined, the root squashfs, the boot modules, then the extension layers.
+//! 9. UKI: stub + os-release, command line, kernel release, initramfs, kernel.
+//! 10. Disk: the ESP holding the UKI in a GPT disk, and its qcow2.
+//! 11. SBOM.
+//! 12. manifest.json, and the whole staging directory published into out/<board>/.
 //!
-//! Steps 6 to 11 write into a staging directory inside out/<board>/; see publish.rs.
+//! Steps 7 to 12 write into a staging directory inside out/<board>/; see publish.rs.
 
 use super::inputs::BuildInputs;
-use super::manifest::{Artifact, Manifest};
+use super::manifest::{Artifact, KernelRequirements, Manifest};
+use super::root_parts;
 use super::publish::{self, Staging};
 use super::sbom;
 use crate::archive::fetch::fetch;
 use crate::archive::lockfile::LockedPackage;
 use crate::initramfs::archive::{self as initramfs, Contents};
-use crate::initramfs::machined;
+use crate::initramfs::{kernel_requirements, machined};
 use crate::layers::extension;
 use crate::layers::layer::{self, LayerTree};
 use crate::rootfs::policy::Policy;
@@ -49,6 +53,7 @@ pub fn requirements(arch: Arch) -> Vec<Requirement> {
     reqs.extend(squashfs::requirements());
     reqs.extend(disk::requirements());
     reqs.extend(machined::requirements(arch));
+    reqs.extend(crate::initramfs::kmod::requirements());
     reqs
 }
 
@@ -112,8 +117,34 @@ pub fn build(ws: &Workspace, board: &Board) -> Result<BuildReport> {
     // 5. Kernel and stub.
     let step = progress::step("unpacking the kernel and the EFI stub");
     let parts = uki::Parts::open(&ws.cache_dir(), arch, &debs)?;
-    let load_order = parts.modules.load_order(&board.file.boot_modules, &board.path)?;
+    let network_modules = board.file.network.as_ref().map(|n| n.modules.clone()).unwrap_or_default();
+    let mut load_order = parts.modules.load_order(&board.file.boot_modules, &board.path, "boot-modules")?;
+    for module in parts.modules.load_order(&network_modules, &board.path, "network.modules")? {
+        if !load_order.contains(&module) {
+            load_order.push(module);
+        }
+    }
     parts.verify(&load_order)?;
+    let cilium = kernel_requirements::cilium(&parts.modules.config()?);
+    if !cilium.base_met {
+        progress::note(format!(
+            "kernel {} lacks Cilium's base requirements: {}",
+            parts.modules.release,
+            cilium.features[0].missing.join(", ")
+        ));
+    }
+    step.done();
+
+    // 6. The root's machine parts.
+    let step = progress::step("adding machined and the on-demand modules to the root");
+    root_parts::install_machined(&trees.rootfs, &machined)?;
+    let boot_module_names: Vec<String> = load_order.iter().map(|(name, _)| name.clone()).collect();
+    let on_demand_modules = parts.modules.install_on_demand(
+        &trees.rootfs,
+        &inputs.spec.on_demand_modules,
+        &boot_module_names,
+        &format!("{}: field `on-demand-modules`", inputs.spec_path.display()),
+    )?;
     step.done();
 
     let out = ws.board_out_dir(&board.name);
@@ -122,7 +153,7 @@ pub fn build(ws: &Workspace, board: &Board) -> Result<BuildReport> {
     let base = format!("{}-{}", inputs.spec.name, arch);
     let path_of = |kind: &str| work.join(artifact(&base, kind));
 
-    // 6. Squashfs.
+    // 7. Squashfs.
     let step = progress::step("making the root squashfs");
     let rootfs_sqsh = path_of("rootfs.sqsh");
     squashfs::make(&trees.rootfs, &rootfs_sqsh, epoch)?;
@@ -131,7 +162,7 @@ pub fn build(ws: &Workspace, board: &Board) -> Result<BuildReport> {
     let layers = layer::make(&trees.layers, work, &base, epoch)?;
     step.done();
 
-    // 7. Initramfs.
+    // 8. Initramfs.
     let step = progress::step("writing the initramfs");
     let initramfs = path_of("initramfs");
     let contents = Contents {
@@ -144,7 +175,7 @@ pub fn build(ws: &Workspace, board: &Board) -> Result<BuildReport> {
     initramfs::write_node(&initramfs, epoch, &contents)?;
     step.done();
 
-    // 8. UKI.
+    // 9. UKI.
     let step = progress::step("making the UKI");
     let cmdline = kernel_cmdline(board, &inputs.spec);
     let uki = path_of("efi");
@@ -152,7 +183,7 @@ pub fn build(ws: &Workspace, board: &Board) -> Result<BuildReport> {
     fs::write(&uki, &image).with_context(|| format!("writing {}", uki.display()))?;
     step.done();
 
-    // 9. Disk.
+    // 10. Disk.
     let step = progress::step("writing the disk");
     let raw = path_of("raw");
     disk::write_raw(&inputs.spec, board, epoch, &image, &raw, work)?;
@@ -174,14 +205,14 @@ pub fn build(ws: &Workspace, board: &Board) -> Result<BuildReport> {
     files.extend([uki, initramfs, rootfs_sqsh]);
     files.extend(layers.iter().map(|layer| layer.sqsh.clone()));
 
-    // 10. SBOM.
+    // 11. SBOM.
     let sbom_path = path_of("spdx.json");
     let sbom_input =
         sbom::Input { spec: &inputs.spec, arch, epoch, lock_sha256: &lock_sha256, debs: &debs, machined: &machined };
     sbom::write(&sbom_path, &sbom_input)?;
     files.push(sbom_path);
 
-    // 11. manifest.json, and publish.
+    // 12. manifest.json, and publish.
     let mut artifacts = Vec::new();
     for file in &files {
         artifacts.push(Artifact {
@@ -200,6 +231,8 @@ pub fn build(ws: &Workspace, board: &Board) -> Result<BuildReport> {
         kernel: parts.modules.release.clone(),
         cmdline,
         extensions: layer::records(&layers),
+        on_demand_modules,
+        kernel_requirements: Some(KernelRequirements { cilium }),
         artifacts,
     };
     staging.publish(&manifest)?;

@@ -1,6 +1,7 @@
 //! `out/<board>/manifest.json`: what was built, from what, with each artifact's size and digest. Signing,
 //! verification, boot-test and the build comparison all read it through this one type.
 
+use crate::initramfs::kernel_requirements;
 use crate::layers::layer::LayerRecord;
 use crate::spec::names::{MANIFEST_FILE, SIGNATURE_SUFFIX, SUMS_FILE};
 use crate::spec::Arch;
@@ -23,7 +24,18 @@ pub struct Manifest {
     /// System extensions baked into the initramfs, in mount order (absent in older manifests).
     #[serde(default)]
     pub extensions: Vec<LayerRecord>,
+    /// Modules shipped in the root for the kernel to load on demand (absent in older manifests).
+    #[serde(default)]
+    pub on_demand_modules: usize,
+    /// The kernel's configuration judged against what Kubernetes networking needs.
+    #[serde(default)]
+    pub kernel_requirements: Option<KernelRequirements>,
     pub artifacts: Vec<Artifact>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct KernelRequirements {
+    pub cilium: kernel_requirements::Report,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -7,4 +7,5 @@ pub mod inputs;
 pub mod manifest;
 pub mod publish;
 pub mod reproducible;
+pub mod root_parts;
 pub mod sbom;

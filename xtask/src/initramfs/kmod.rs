@@ -3,9 +3,20 @@
 //! Modules may be compressed (trixie ships `.ko.xz`): they go into the initramfs as they are, and
 //! machined asks the kernel to decompress them (finit_module's MODULE_INIT_COMPRESSED_FILE).
 
+use crate::util::cmd::cmd;
+use crate::util::host::{req, Requirement};
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+
+/// depmod indexes the root's module tree.
+pub fn requirements() -> Vec<Requirement> {
+    vec![req("/usr/sbin/depmod", "kmod", "indexing the on-demand module tree (depmod)")]
+}
+
+/// The kernel's index files copied with the modules (depmod makes the rest).
+const TREE_FILES: [&str; 3] = ["modules.builtin", "modules.builtin.modinfo", "modules.order"];
 
 /// The kernel's modules directory inside an unpacked kernel package: `<root>/usr/lib/modules/<release>`.
 pub struct ModuleTree {
@@ -74,18 +85,87 @@ impl ModuleTree {
     }
 
     /// The modules to load for `wanted`, dependencies first, as paths relative to the release dir.
-    /// Built-in modules are skipped; an unknown one is an error naming `source` (the board file).
-    pub fn load_order(&self, wanted: &[String], source: &Path) -> Result<Vec<(String, PathBuf)>> {
+    /// Built-in modules are skipped; an unknown one is an error naming `source` (the board file) and
+    /// its `field`.
+    pub fn load_order(&self, wanted: &[String], source: &Path, field: &str) -> Result<Vec<(String, PathBuf)>> {
         let mut order = Vec::new();
         let mut seen = BTreeSet::new();
         for name in wanted {
             let name = name.replace('-', "_");
             if !self.by_name.contains_key(&name) && !self.builtin.contains(&name) {
-                bail!("{}: field `boot-modules`: kernel {} has no module {name:?}", source.display(), self.release);
+                bail!("{}: field `{field}`: kernel {} has no module {name:?}", source.display(), self.release);
             }
             self.visit(&name, &mut seen, &mut order, &mut Vec::new())?;
         }
         Ok(order)
+    }
+
+    /// Copies the modules under `dirs` (paths relative to the release's `kernel/` directory: a
+    /// directory, or a module without its suffix), plus `also`, plus every dependency, into `root`'s
+    /// `usr/lib/modules/<release>` and indexes them with depmod, so that the running kernel's module
+    /// requests can be served from the root. `field` names the spec field for errors. Returns how
+    /// many modules were shipped.
+    pub fn install_on_demand(&self, root: &Path, dirs: &[String], also: &[String], field: &str) -> Result<usize> {
+        let mut wanted: Vec<String> = also.to_vec();
+        for dir in dirs {
+            let prefix = format!("kernel/{dir}");
+            let matched: Vec<&String> = self
+                .by_name
+                .iter()
+                .filter(|(_, rel)| {
+                    let rel = rel.to_string_lossy();
+                    rel.starts_with(&format!("{prefix}/"))
+                        || MODULE_SUFFIXES.iter().any(|suffix| rel == format!("{prefix}{suffix}"))
+                })
+                .map(|(name, _)| name)
+                .collect();
+            if matched.is_empty() {
+                bail!("{field}: {dir:?} holds no module of kernel {}", self.release);
+            }
+            wanted.extend(matched.into_iter().cloned());
+        }
+        let mut order = Vec::new();
+        let mut seen = BTreeSet::new();
+        for name in &wanted {
+            self.visit(name, &mut seen, &mut order, &mut Vec::new())?;
+        }
+        let dest = root.join("usr/lib/modules").join(&self.release);
+        for (_, rel) in &order {
+            let to = dest.join(rel);
+            let parent = to.parent().context("module path has a parent")?;
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+            std::fs::copy(self.dir.join(rel), &to).with_context(|| format!("copying {}", rel.display()))?;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o644))?;
+        }
+        for file in TREE_FILES {
+            let from = self.dir.join(file);
+            if from.exists() {
+                std::fs::copy(&from, dest.join(file)).with_context(|| format!("copying {}", from.display()))?;
+                std::fs::set_permissions(dest.join(file), std::fs::Permissions::from_mode(0o644))?;
+            }
+        }
+        for dir in walkdir::WalkDir::new(&dest) {
+            let dir = dir?;
+            if dir.file_type().is_dir() {
+                std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+            }
+        }
+        cmd("depmod").arg("-b").arg(root).arg(&self.release).run().context("indexing the on-demand modules")?;
+        Ok(order.len())
+    }
+
+    /// Reads the kernel's build configuration (`boot/config-<release>` in the unpacked package) as
+    /// option → value (`y`, `m`, a number or a string); unset options are absent.
+    pub fn config(&self) -> Result<BTreeMap<String, String>> {
+        let package_root = self.dir.ancestors().nth(4).context("the module tree is not inside a package root")?;
+        let path = package_root.join(format!("boot/config-{}", self.release));
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(text
+            .lines()
+            .filter_map(|line| line.split_once('='))
+            .filter(|(key, _)| key.starts_with("CONFIG_"))
+            .map(|(key, value)| (key.to_string(), value.trim_matches('"').to_string()))
+            .collect())
     }
 
     fn visit(

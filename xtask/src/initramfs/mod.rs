@@ -5,5 +5,6 @@
 
 pub mod archive;
 pub mod cpio;
+pub mod kernel_requirements;
 pub mod kmod;
 pub mod machined;

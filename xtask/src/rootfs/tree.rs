@@ -5,6 +5,7 @@
 use super::overlay;
 use super::policy::{self, Policy};
 use crate::archive::deb;
+use crate::spec::protocol::{CNI_BIN_DIR, DEBIAN_CNI_PLUGINS, WRITABLE_LIST};
 use crate::spec::{Arch, ImageSpec};
 use crate::util::progress;
 use crate::util::tree::Provenance;
@@ -82,7 +83,54 @@ pub fn assemble(
         overlay::apply(&dir, root, &mut provenance)
             .with_context(|| format!("applying the spec's overlay {overlay:?}"))?;
     }
+    write_writable_paths(root, &spec.writable_paths)?;
+    link_cni_plugins(root)?;
     Ok(provenance)
+}
+
+/// Creates each writable path's directory (the overlay's mount point) and lists them for machined.
+fn write_writable_paths(root: &Path, paths: &[String]) -> Result<()> {
+    for dir in paths {
+        let path = root.join(dir.trim_start_matches('/'));
+        if !path.is_dir() {
+            let mut made = root.to_path_buf();
+            for part in Path::new(dir.trim_start_matches('/')).components() {
+                made.push(part);
+                if !made.exists() {
+                    fs::create_dir(&made).with_context(|| format!("creating {}", made.display()))?;
+                    fs::set_permissions(&made, fs::Permissions::from_mode(0o755))?;
+                }
+            }
+        }
+    }
+    let list = root.join(WRITABLE_LIST.trim_start_matches('/'));
+    let text: String = paths.iter().map(|p| format!("{p}\n")).collect();
+    fs::create_dir_all(list.parent().context("WRITABLE_LIST has a parent")?)?;
+    fs::set_permissions(list.parent().context("WRITABLE_LIST has a parent")?, fs::Permissions::from_mode(0o755))?;
+    fs::write(&list, text).with_context(|| format!("writing {}", list.display()))?;
+    fs::set_permissions(&list, fs::Permissions::from_mode(0o644))?;
+    Ok(())
+}
+
+/// Links every CNI plugin Debian ships into CNI_BIN_DIR, where a CNI add-on adds its own.
+fn link_cni_plugins(root: &Path) -> Result<()> {
+    let plugins = root.join(DEBIAN_CNI_PLUGINS.trim_start_matches('/'));
+    let Ok(entries) = fs::read_dir(&plugins) else { return Ok(()) };
+    let bin_dir = root.join(CNI_BIN_DIR.trim_start_matches('/'));
+    fs::create_dir_all(&bin_dir).with_context(|| format!("creating {}", bin_dir.display()))?;
+    for made in ["opt", "opt/cni", "opt/cni/bin"] {
+        fs::set_permissions(root.join(made), fs::Permissions::from_mode(0o755))?;
+    }
+    let mut names: Vec<String> = entries.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned())).collect();
+    names.sort();
+    for name in names {
+        let link = bin_dir.join(&name);
+        if fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(format!("{DEBIAN_CNI_PLUGINS}/{name}"), &link)
+                .with_context(|| format!("linking {}", link.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// os-release as the image reports itself; also the UKI's .osrel section.

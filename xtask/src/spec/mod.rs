@@ -10,10 +10,13 @@ pub mod protocol;
 pub mod workspace;
 
 use anyhow::{bail, Context, Result};
-use protocol::SCRATCH_SERIAL_ARG;
+use protocol::{NETWORK_WAIT_ARG, SCRATCH_SERIAL_ARG};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::fmt;
 use std::path::{Path, PathBuf};
+
+/// The longest `[network] ready-wait-secs` a board may ask for.
+const NETWORK_WAIT_LIMIT: u64 = 60;
 
 /// A target CPU architecture, named as Debian names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize, clap::ValueEnum)]
@@ -107,7 +110,20 @@ pub struct ImageSpec {
     /// (`runuser`) or path globs (`/usr/bin/apt*`).
     #[serde(default)]
     pub deny_files: Vec<String>,
+    /// Directories of the read-only root that get a writable overlay on the scratch disk at boot:
+    /// what a CNI add-on or a kubelet writes to (/etc/cni, /opt/cni/bin, ...). The rest of the root
+    /// stays read-only.
+    #[serde(default)]
+    pub writable_paths: Vec<String>,
+    /// Directories of the kernel's module tree (relative to its `kernel/` directory, e.g. "net" or
+    /// "drivers/net") shipped in the root, so that the kernel can load their modules on demand; the
+    /// boot modules and every dependency come along.
+    #[serde(default)]
+    pub on_demand_modules: Vec<String>,
 }
+
+/// Where writable-paths may not point: already writable, or the kernel's.
+const NOT_WRITABLE_PATHS: [&str; 6] = ["/var", "/run", "/tmp", "/proc", "/sys", "/dev"];
 
 fn default_components() -> Vec<String> {
     vec!["main".to_string()]
@@ -137,6 +153,20 @@ pub struct BoardFile {
     /// Without it, /var is a tmpfs.
     #[serde(default)]
     pub scratch_disk: Option<ScratchDisk>,
+    /// The node's network: NIC drivers and how long readiness may wait for it.
+    #[serde(default)]
+    pub network: Option<Network>,
+}
+
+/// `[network]`: what the board's NICs need.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Network {
+    /// NIC drivers machined loads at boot, after the boot modules (with their depends= closure).
+    pub modules: Vec<String>,
+    /// How long the node's readiness may wait for its addresses (and first DHCP leases); the network's
+    /// own readiness is reported apart. Reaches machined as `machined.network-wait=<secs>`.
+    pub ready_wait_secs: u64,
 }
 
 /// `[scratch-disk]`: the rule naming the scratch disk. It reaches machined as the kernel argument
@@ -290,6 +320,31 @@ fn check_fields(spec: &ImageSpec, path: &Path) -> Result<()> {
     for pattern in &spec.deny_files {
         glob::DenyPattern::parse(pattern).with_context(|| field("deny-files"))?;
     }
+    let mut seen_paths = std::collections::BTreeSet::new();
+    for dir in &spec.writable_paths {
+        let clean = dir.starts_with('/')
+            && dir.len() > 1
+            && !dir.ends_with('/')
+            && dir[1..].split('/').all(|part| !part.is_empty() && part != "." && part != "..");
+        if !clean {
+            bail!("{}: {dir:?} must be a clean absolute path (like /etc/cni)", field("writable-paths"));
+        }
+        if let Some(base) = NOT_WRITABLE_PATHS.iter().find(|b| dir == *b || dir.starts_with(&format!("{b}/"))) {
+            bail!("{}: {dir:?} is under {base}, which is not part of the read-only root", field("writable-paths"));
+        }
+        if !seen_paths.insert(dir) {
+            bail!("{}: {dir:?} is listed twice", field("writable-paths"));
+        }
+    }
+    for dir in &spec.on_demand_modules {
+        let clean = !dir.is_empty() && dir.split('/').all(|part| !part.is_empty() && part != "." && part != "..");
+        if !clean {
+            bail!(
+                "{}: {dir:?} must be a directory under the module tree's kernel/ (like \"net\" or \"drivers/net\")",
+                field("on-demand-modules")
+            );
+        }
+    }
     for arg in &spec.kernel_args_remove {
         if arg.is_empty() || arg.chars().any(|c| c.is_whitespace() || c.is_control()) {
             bail!("{}: {arg:?} must be one kernel argument (non-empty, no spaces)", field("kernel-args-remove"));
@@ -349,6 +404,22 @@ pub fn load_board_file(path: &Path) -> Result<Board> {
             );
         }
         file.kernel_args.push(format!("{SCRATCH_SERIAL_ARG}={serial}"));
+    }
+    if file.kernel_args.iter().any(|a| a.starts_with(&format!("{NETWORK_WAIT_ARG}="))) {
+        bail!(
+            "{}: field `kernel-args`: set the network wait with `[network] ready-wait-secs`, not {NETWORK_WAIT_ARG}=",
+            path.display()
+        );
+    }
+    if let Some(network) = &file.network {
+        if network.ready_wait_secs > NETWORK_WAIT_LIMIT {
+            bail!(
+                "{}: field `network.ready-wait-secs`: {} is over {NETWORK_WAIT_LIMIT} (readiness would wait longer than a boot may take)",
+                path.display(),
+                network.ready_wait_secs
+            );
+        }
+        file.kernel_args.push(format!("{NETWORK_WAIT_ARG}={}", network.ready_wait_secs));
     }
     Ok(Board { name, path: path.to_path_buf(), file })
 }
