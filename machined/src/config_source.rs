@@ -35,9 +35,16 @@ pub struct Found {
 pub enum Loaded {
     /// No source: defaults (DHCP everywhere, no role).
     None,
-    Valid { source: String, config: MachineConfig, meta_hostname: Option<String> },
+    Valid {
+        source: String,
+        config: MachineConfig,
+        meta_hostname: Option<String>,
+    },
     /// Found but unusable: the field and why (a source that could not be read is field `(source)`).
-    Invalid { source: String, error: config::Invalid },
+    Invalid {
+        source: String,
+        error: config::Invalid,
+    },
 }
 
 impl Loaded {

@@ -218,7 +218,9 @@ pub fn decode(packet: &[u8], xid: u32, mac: [u8; 6]) -> Option<Reply> {
             OPT_DOMAIN => lease.domain = text(value),
             OPT_NTP => lease.ntp = addresses(value),
             OPT_SERVER_ID if len == 4 => lease.server = Ipv4Addr::new(value[0], value[1], value[2], value[3]),
-            OPT_LEASE_TIME if len == 4 => lease.lease_secs = u32::from_be_bytes([value[0], value[1], value[2], value[3]]),
+            OPT_LEASE_TIME if len == 4 => {
+                lease.lease_secs = u32::from_be_bytes([value[0], value[1], value[2], value[3]])
+            }
             OPT_RENEWAL if len == 4 => lease.renew_secs = u32::from_be_bytes([value[0], value[1], value[2], value[3]]),
             OPT_REBINDING if len == 4 => {
                 lease.rebind_secs = u32::from_be_bytes([value[0], value[1], value[2], value[3]])
@@ -256,7 +258,13 @@ pub fn socket(interface: &str) -> io::Result<UdpSocket> {
     let set = |option: libc::c_int, value: &[u8]| -> io::Result<()> {
         // SAFETY: value is a live buffer of its length.
         let ret = unsafe {
-            libc::setsockopt(fd, libc::SOL_SOCKET, option, value.as_ptr() as *const libc::c_void, value.len() as libc::socklen_t)
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                option,
+                value.as_ptr() as *const libc::c_void,
+                value.len() as libc::socklen_t,
+            )
         };
         if ret != 0 {
             return Err(io::Error::last_os_error());
@@ -332,14 +340,8 @@ pub fn acquire(interface: &str, mac: [u8; 6], deadline: Duration) -> Result<Leas
         let offer = exchange(&socket, &discover, Ipv4Addr::BROADCAST, xid, mac, &[OFFER], wait)
             .map_err(|e| format!("DHCPDISCOVER on {interface}: {e}"))?;
         if let Some(offer) = offer {
-            let request = encode(
-                REQUEST,
-                xid,
-                mac,
-                Ipv4Addr::UNSPECIFIED,
-                Some(offer.lease.address),
-                Some(offer.lease.server),
-            );
+            let request =
+                encode(REQUEST, xid, mac, Ipv4Addr::UNSPECIFIED, Some(offer.lease.address), Some(offer.lease.server));
             let ack = exchange(&socket, &request, Ipv4Addr::BROADCAST, xid, mac, &[ACK, NAK], Duration::from_secs(2))
                 .map_err(|e| format!("DHCPREQUEST on {interface}: {e}"))?;
             match ack {
@@ -407,7 +409,14 @@ mod tests {
 
     #[test]
     fn requests_carry_the_fields_a_server_needs() {
-        let packet = encode(REQUEST, 0xdeadbeef, MAC, Ipv4Addr::UNSPECIFIED, Some(Ipv4Addr::new(10, 0, 2, 15)), Some(Ipv4Addr::new(10, 0, 2, 2)));
+        let packet = encode(
+            REQUEST,
+            0xdeadbeef,
+            MAC,
+            Ipv4Addr::UNSPECIFIED,
+            Some(Ipv4Addr::new(10, 0, 2, 15)),
+            Some(Ipv4Addr::new(10, 0, 2, 2)),
+        );
         assert!(packet.len() >= 300);
         assert_eq!((packet[0], packet[1], packet[2]), (BOOTREQUEST, 1, 6));
         assert_eq!(&packet[4..8], &0xdeadbeefu32.to_be_bytes());
@@ -426,7 +435,8 @@ mod tests {
     #[test]
     fn a_full_lease_is_read_and_timers_default() {
         // "example.org" and "corp.example.org" with a compression pointer back to the first name's "example".
-        let search: &[u8] = &[7, b'e', b'x', b'a', b'm', b'p', b'l', b'e', 3, b'o', b'r', b'g', 0, 4, b'c', b'o', b'r', b'p', 0xc0, 0];
+        let search: &[u8] =
+            &[7, b'e', b'x', b'a', b'm', b'p', b'l', b'e', 3, b'o', b'r', b'g', 0, 4, b'c', b'o', b'r', b'p', 0xc0, 0];
         let packet = reply(
             ACK,
             42,
@@ -457,7 +467,8 @@ mod tests {
     #[test]
     fn replies_to_others_and_garbage_are_ignored() {
         // What QEMU's slirp offers under restrict=on: no router, no DNS.
-        let bare = reply(OFFER, 9, &[(OPT_SUBNET_MASK, &[255, 255, 255, 0]), (OPT_LEASE_TIME, &86400u32.to_be_bytes())]);
+        let bare =
+            reply(OFFER, 9, &[(OPT_SUBNET_MASK, &[255, 255, 255, 0]), (OPT_LEASE_TIME, &86400u32.to_be_bytes())]);
         let offer = decode(&bare, 9, MAC).unwrap();
         assert!(offer.lease.routers.is_empty() && offer.lease.dns.is_empty());
         assert!(decode(&bare, 10, MAC).is_none(), "another transaction");

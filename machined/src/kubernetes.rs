@@ -93,9 +93,18 @@ fn mount_bpffs() -> Result<(), String> {
 /// interface `eth0.100`).
 pub fn sysctl_path(key: &str) -> String {
     let path: String = match key.find(['.', '/']) {
-        Some(i) if key.as_bytes()[i] == b'.' => {
-            key.chars().map(|c| if c == '.' { '/' } else if c == '/' { '.' } else { c }).collect()
-        }
+        Some(i) if key.as_bytes()[i] == b'.' => key
+            .chars()
+            .map(|c| {
+                if c == '.' {
+                    '/'
+                } else if c == '/' {
+                    '.'
+                } else {
+                    c
+                }
+            })
+            .collect(),
         _ => key.to_string(),
     };
     format!("/proc/sys/{path}")

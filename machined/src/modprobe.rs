@@ -8,8 +8,8 @@
 //! (module.sig_enforce=1): the files are Debian's signed modules, unchanged. Each request is logged to
 //! [`MODPROBE_LOG`] for the status.
 
-use crate::{json, modules, parse};
 use crate::protocol::{MODPROBE, MODPROBE_LOG};
+use crate::{json, modules, parse};
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;

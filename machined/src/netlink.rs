@@ -409,7 +409,15 @@ mod tests {
         let link = parse_link(&link).unwrap();
         assert_eq!(
             link,
-            Link { index: 2, name: "eth0".into(), mac: "52:54:00:12:34:56".into(), up: true, loopback: false, ethernet: true, mtu: 1500 }
+            Link {
+                index: 2,
+                name: "eth0".into(),
+                mac: "52:54:00:12:34:56".into(),
+                up: true,
+                loopback: false,
+                ethernet: true,
+                mtu: 1500
+            }
         );
 
         let mut route = vec![2u8, 0, 0, 0, RT_TABLE_MAIN, RTPROT_DHCP, 0, RTN_UNICAST, 0, 0, 0, 0];

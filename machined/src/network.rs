@@ -72,7 +72,9 @@ impl State {
     /// Talos's network readiness kinds: `addresses`, `connectivity`, `hostname`, `etcfiles`.
     pub fn has(&self, need: &str) -> bool {
         match need {
-            "addresses" => self.links.iter().any(|l| l.method != "loopback" && !(l.addresses.is_empty() && l.ipv6.is_empty())),
+            "addresses" => {
+                self.links.iter().any(|l| l.method != "loopback" && !(l.addresses.is_empty() && l.ipv6.is_empty()))
+            }
             "connectivity" => self.default_route.is_some(),
             "hostname" => self.hostname.is_some(),
             "etcfiles" => self.etcfiles,
@@ -343,7 +345,11 @@ fn write_etc(shared: &Shared, links: &[Link]) {
             .flat_map(|l| l.addresses.iter())
             .next()
             .map(|a| a.split('/').next().unwrap_or_default().to_string());
-        (hostname.clone(), crate::parse::resolv_conf(&state.nameservers, &state.search), crate::parse::hosts_file(&hostname, first.as_deref()))
+        (
+            hostname.clone(),
+            crate::parse::resolv_conf(&state.nameservers, &state.search),
+            crate::parse::hosts_file(&hostname, first.as_deref()),
+        )
     };
     let host = hostname.as_bytes();
     // SAFETY: host is a live buffer of its length.
@@ -356,9 +362,9 @@ fn write_etc(shared: &Shared, links: &[Link]) {
     match (set, written) {
         (0, Ok(())) => state.etcfiles = true,
         (_, Err(e)) => console::write(format!("machined: network: writing /run/machined files: {e}\n").as_bytes()),
-        _ => console::write(
-            format!("machined: network: sethostname: {}\n", std::io::Error::last_os_error()).as_bytes(),
-        ),
+        _ => {
+            console::write(format!("machined: network: sethostname: {}\n", std::io::Error::last_os_error()).as_bytes())
+        }
     }
 }
 
@@ -454,7 +460,8 @@ fn apply_lease(socket: &mut Socket, link: &Link, lease: &Lease, shared: &Shared)
         errors.push(format!("adding {cidr}: {e}"));
     }
     for router in lease.routers.iter().take(1) {
-        let route = Route { network: Cidr { address: Ipv4Addr::UNSPECIFIED, prefix: 0 }, gateway: Some(*router), metric: 1024 };
+        let route =
+            Route { network: Cidr { address: Ipv4Addr::UNSPECIFIED, prefix: 0 }, gateway: Some(*router), metric: 1024 };
         if let Err(e) = add_route(socket, link.index, &route, Origin::Dhcp) {
             errors.push(e);
         }
@@ -464,7 +471,8 @@ fn apply_lease(socket: &mut Socket, link: &Link, lease: &Lease, shared: &Shared)
         state.nameservers = lease.dns.clone();
     }
     if state.search.is_empty() {
-        state.search = if lease.search.is_empty() { lease.domain.iter().cloned().collect() } else { lease.search.clone() };
+        state.search =
+            if lease.search.is_empty() { lease.domain.iter().cloned().collect() } else { lease.search.clone() };
     }
     if !matches!(state.hostname_source.as_str(), "config" | "meta-data") {
         if let Some(name) = &lease.hostname {
@@ -497,7 +505,8 @@ fn keep_time(shared: Shared, disabled: bool) {
                 std::thread::sleep(Duration::from_millis(500));
                 continue;
             }
-            lock(&shared).time.reason = Some("no NTP servers: none configured (machine.time.servers) and none offered by DHCP".into());
+            lock(&shared).time.reason =
+                Some("no NTP servers: none configured (machine.time.servers) and none offered by DHCP".into());
             std::thread::sleep(NTP_RETRY);
             continue;
         }

@@ -4,10 +4,10 @@
 //! (its key dies with the mapping), power off.
 
 use crate::console;
+use crate::facts::{Facts, NetworkFacts};
 use crate::fallible::{Context, Fallible};
 use crate::protocol::{NOT_READY, SCRATCH_CLOSED, SCRATCH_CLOSE_FAILED, SHUTDOWN};
 use crate::services::Supervisor;
-use crate::facts::{Facts, NetworkFacts};
 use crate::status::{self, ContainerdStatus, Status};
 use crate::{api, containerd, devices, modprobe, network, parse, scratch, sys};
 use std::fs::{self, File, OpenOptions};

@@ -805,9 +805,14 @@ mod tests {
     fn depmod_indexes_and_alias_patterns() {
         let dep = "kernel/fs/fat/vfat.ko.xz: kernel/fs/fat/fat.ko.xz\nkernel/fs/fat/fat.ko.xz:\n";
         let parsed = modules_dep(dep);
-        assert_eq!(parsed[0], ("vfat".into(), "kernel/fs/fat/vfat.ko.xz".into(), vec!["kernel/fs/fat/fat.ko.xz".into()]));
+        assert_eq!(
+            parsed[0],
+            ("vfat".into(), "kernel/fs/fat/vfat.ko.xz".into(), vec!["kernel/fs/fat/fat.ko.xz".into()])
+        );
         assert_eq!(parsed[1].2, Vec::<String>::new());
-        let aliases = modules_alias("# comment\nalias fs-vfat vfat\nalias net-pf-10 ipv6\nalias pci:v00001AF4d*sv*sd*bc*sc*i* virtio-pci\n");
+        let aliases = modules_alias(
+            "# comment\nalias fs-vfat vfat\nalias net-pf-10 ipv6\nalias pci:v00001AF4d*sv*sd*bc*sc*i* virtio-pci\n",
+        );
         assert_eq!(aliases[0], ("fs-vfat".into(), "vfat".into()));
         assert_eq!(aliases[2].1, "virtio_pci");
         assert!(glob_match("fs-vfat", "fs-vfat"));

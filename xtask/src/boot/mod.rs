@@ -1,33 +1,45 @@
 //! Booting the built disk in QEMU under UEFI firmware (never `-kernel`) and proving what the running
-//! machine is ([`boot_test`]):
+//! machine is ([`boot_test`]). The same disk boots once per role (roles.rs): a worker and a
+//! control-plane node from two NoCloud config volumes, and a node whose config is invalid; each boot:
 //!
-//! 1. The disk manifest.json names (qcow2, else raw) boots as a node, opened as a snapshot, with a
-//!    blank scratch disk, the guest agent's virtio-serial port and a virtio entropy source.
+//! 1. The node's config is made (a CIDATA FAT volume, or an SMBIOS OEM string) and the test LAN
+//!    (lan.rs) started; the disk manifest.json names (qcow2, else raw) boots as a snapshot with a
+//!    blank scratch disk, two NICs (QEMU user networking with `restrict=on` forwarding the node's API
+//!    port to 127.0.0.1, and the LAN), the guest agent's virtio-serial port and a virtio entropy source.
 //! 2. The console is watched until machined's status line (a failure or timeout ends it early).
-//! 3. From the host: the guest agent answers guest-ping and guest-info (when the image runs it).
+//! 3. From the host: the node's API through the forward (again after the lease was renewed, where the
+//!    role waits for that), and the guest agent's guest-ping and guest-info.
 //! 4. The ACPI power button (QMP system_powerdown), and QEMU's exit.
 //! 5. The scratch disk image is scanned for the marker machined wrote to /var.
-//! 6. The verdict (verdict.rs) judges all of it at once: status, console, agent, scratch.
+//! 6. The verdict (verdict.rs) judges all of it at once: status, API, LAN, console, agent, scratch.
 //!
-//! The console is kept in out/<board>/boot.log; timings go in the report.
+//! Consoles are kept in out/<board>/boot-<role>.log; timings go in the report.
 
 pub mod console;
+pub mod lan;
 pub mod qemu;
 pub mod qmp;
+pub mod roles;
 pub mod scan;
 pub mod verdict;
 
+use crate::disk::esp::build_esp;
 use crate::image::manifest::Manifest;
-use crate::spec::protocol::{FLOOR, MARKER_PREFIX, STATUS};
+use crate::spec::protocol::{CONFIG_OEM_STRING, CONFIG_VOLUME_LABEL, FLOOR, MARKER_PREFIX, STATUS};
 use crate::spec::workspace::Workspace;
 use crate::spec::Board;
+use crate::util::digest::sha256_file;
 use crate::util::host;
 use crate::util::progress;
 use anyhow::{bail, Context, Result};
+use base64::Engine;
+use lan::{Lan, LanLog};
 use qemu::{Accel, Machine, NodeDevices};
 use qmp::{GuestAgent, Qmp};
+use roles::{ConfigDelivery, Scenario};
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use verdict::{Evidence, GuestAgentReport, ScratchReport, Status};
@@ -38,12 +50,28 @@ pub struct BootOptions {
     pub accel: Accel,
     /// Overrides the board's boot timeout.
     pub timeout: Option<Duration>,
+    /// Only the first role (the worker): what bench times.
+    pub first_role_only: bool,
 }
 
 #[derive(Debug, Serialize)]
 pub struct BootReport {
     pub board: String,
     pub accel: &'static str,
+    /// sha256 of the disk every role booted, before the first boot and after the last.
+    pub disk_sha256: String,
+    pub disk_sha256_after: String,
+    /// The first role's figures, for the summary and bench.
+    pub ready_secs: f64,
+    pub poweroff_secs: f64,
+    pub status: Status,
+    /// Every role's boot, in order.
+    pub nodes: Vec<NodeReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NodeReport {
+    pub role: String,
     /// Seconds from QEMU start to the status line (the node ready).
     pub ready_secs: f64,
     /// Seconds from QEMU start until the guest agent had answered guest-ping and guest-info.
@@ -51,6 +79,11 @@ pub struct BootReport {
     /// Seconds from the power-button press to QEMU's exit.
     pub poweroff_secs: f64,
     pub status: Status,
+    /// The status as the node's API served it through the forward (the last fetch).
+    pub api_status: Option<Status>,
+    /// Seconds from the status line to the LAN lease's first renewal, where it was waited for.
+    pub renewed_after_secs: Option<f64>,
+    pub lan: LanLog,
     /// The guest agent's answers, when the image has the qemu-guest-agent service.
     pub guest_agent: Option<GuestAgentReport>,
     /// What was found on the scratch disk image after power-off.
@@ -66,10 +99,13 @@ pub struct BootReport {
 const GUEST_AGENT_LIMIT: Duration = Duration::from_secs(60);
 /// How long after the power button the machine may take to power off.
 const POWEROFF_LIMIT: Duration = Duration::from_secs(30);
+/// How long after the status line the LAN lease's renewal may take (it is due at half the lease).
+const RENEWAL_LIMIT: Duration = Duration::from_secs(3 * lan::LEASE_SECS as u64);
+/// The CIDATA volume: FAT32's smallest size (sparse on the host).
+const CONFIG_VOLUME_BYTES: u64 = 34 << 20;
 
-/// Boots the image in out/<board>/ and proves it; see the module doc for the steps.
+/// Boots the image in out/<board>/ once per role and proves it; see the module doc for the steps.
 pub fn boot_test(ws: &Workspace, board: &Board, options: &BootOptions) -> Result<BootReport> {
-    // 1. Boot.
     let dir = ws.board_out_dir(&board.name);
     let manifest = Manifest::load(&dir).with_context(|| {
         format!("boot-test needs a built image: run `cargo xtask build-image --board {}`", board.name)
@@ -81,7 +117,72 @@ pub fn boot_test(ws: &Workspace, board: &Board, options: &BootOptions) -> Result
         .context("manifest.json lists no disk image")?;
     host::ensure(&qemu::requirements(board))?;
     let accel = qemu::choose_accel(board, options.accel)?;
+    let disk_sha256 = sha256_file(&disk)?;
+    let mut scenarios = roles::scenarios();
+    if options.first_role_only {
+        scenarios.truncate(1);
+    }
+    let mut nodes = Vec::new();
+    for scenario in &scenarios {
+        nodes.push(boot_node(board, &manifest, &disk, &dir, accel, options, scenario)?);
+    }
+    let disk_sha256_after = sha256_file(&disk)?;
+    if disk_sha256_after != disk_sha256 {
+        bail!("{}: the disk changed while booting ({disk_sha256} before, {disk_sha256_after} after)", disk.display());
+    }
+    let first = &nodes[0];
+    Ok(BootReport {
+        board: board.name.clone(),
+        accel,
+        disk_sha256,
+        disk_sha256_after,
+        ready_secs: first.ready_secs,
+        poweroff_secs: first.poweroff_secs,
+        status: first.status.clone(),
+        nodes,
+    })
+}
+
+/// Makes the file that carries the scenario's config: a CIDATA volume or an OEM-string file.
+fn deliver_config(dir: &Path, scenario: &Scenario) -> Result<(Option<PathBuf>, Option<PathBuf>)> {
+    match &scenario.delivery {
+        ConfigDelivery::Volume { user_data, meta_data } => {
+            let volume = dir.join(format!("cidata-{}.img", scenario.name));
+            let files: [(&str, &[u8]); 2] = [("user-data", user_data.as_bytes()), ("meta-data", meta_data.as_bytes())];
+            build_esp(&volume, CONFIG_VOLUME_BYTES, &files, 0, 0x0c1d_a7a0, CONFIG_VOLUME_LABEL)
+                .with_context(|| format!("making the {} config volume", scenario.name))?;
+            Ok((Some(volume), None))
+        }
+        ConfigDelivery::OemString(text) => {
+            let file = dir.join(format!("oem-{}.txt", scenario.name));
+            let encoded = base64::engine::general_purpose::STANDARD.encode(text);
+            std::fs::write(&file, format!("{CONFIG_OEM_STRING}{encoded}"))
+                .with_context(|| format!("writing {}", file.display()))?;
+            Ok((None, Some(file)))
+        }
+    }
+}
+
+/// A free TCP port on 127.0.0.1 for the API forward (taken and released; QEMU binds it next).
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port on 127.0.0.1")?.local_addr()?.port())
+}
+
+/// One boot as `scenario`'s node: steps 1 to 6 of the module doc.
+fn boot_node(
+    board: &Board,
+    manifest: &Manifest,
+    disk: &Path,
+    dir: &Path,
+    accel: &'static str,
+    options: &BootOptions,
+    scenario: &Scenario,
+) -> Result<NodeReport> {
+    // 1. Config, LAN, boot.
     let timeout = options.timeout.unwrap_or(Duration::from_secs(board.file.qemu.boot_timeout_secs));
+    let (config_volume, oem_string_file) = deliver_config(dir, scenario)?;
+    let lan = Lan::start(scenario.offer.clone())?;
+    let api_port = free_port()?;
     let scratch_image = dir.join("scratch.raw");
     let devices = NodeDevices {
         scratch_disk: match &board.file.scratch_disk {
@@ -93,10 +194,19 @@ pub fn boot_test(ws: &Workspace, board: &Board, options: &BootOptions) -> Result
         },
         guest_agent_socket: Some(dir.join("qga.sock")),
         rng: true,
+        api_forward: Some(api_port),
+        lan_netdev: Some(lan.netdev("lan0")),
+        config_volume: config_volume.clone(),
+        oem_string_file: oem_string_file.clone(),
     };
-    let machine =
-        Machine { board, disk: &disk, serial_log: dir.join("boot.log"), qmp_socket: dir.join("qmp.sock"), accel };
-    let step = progress::step(format!("booting {} ({accel})", board.name));
+    let machine = Machine {
+        board,
+        disk,
+        serial_log: dir.join(format!("boot-{}.log", scenario.name)),
+        qmp_socket: dir.join("qmp.sock"),
+        accel,
+    };
+    let step = progress::step(format!("booting {} as {} ({accel})", board.name, scenario.name));
     let started = Instant::now();
     let (mut qemu, qemu_stderr) = machine.start_with(&devices)?;
 
@@ -104,8 +214,29 @@ pub fn boot_test(ws: &Workspace, board: &Board, options: &BootOptions) -> Result
     let (line, ready) = console::wait_for_line(&mut qemu, &machine.serial_log, &qemu_stderr, started, timeout, STATUS)?;
     let status: Status = serde_json::from_str(line.trim())
         .with_context(|| format!("machined's status line is not the expected JSON: {line}"))?;
+    let status_seen = Instant::now();
 
-    // 3. The guest agent, from the host.
+    // 3. From the host: the API, then the guest agent.
+    step.set_message("asking the node's API");
+    let mut api_status = fetch_api(api_port).map_err(|e| format!("{e:#}"));
+    let mut renewed_after_secs = None;
+    if scenario.expect.renewal {
+        step.set_message("waiting for the LAN lease's renewal");
+        while status_seen.elapsed() < RENEWAL_LIMIT {
+            if lan.log().renewals > 0 {
+                // Once more, so the API shows the renewal too.
+                std::thread::sleep(Duration::from_secs(2));
+                renewed_after_secs = Some(status_seen.elapsed().as_secs_f64());
+                api_status = fetch_api(api_port).map_err(|e| format!("{e:#}"));
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    } else {
+        // The node stays up: the API answers again a little later.
+        std::thread::sleep(Duration::from_secs(3));
+        api_status = fetch_api(api_port).map_err(|e| format!("{e:#}"));
+    }
     let has_agent = status.services.iter().any(|s| s.name == "qemu-guest-agent");
     let (guest_agent, guest_agent_secs) = match (&devices.guest_agent_socket, has_agent) {
         (Some(socket), true) => {
@@ -128,12 +259,15 @@ pub fn boot_test(ws: &Workspace, board: &Board, options: &BootOptions) -> Result
     if exited.is_none() {
         qemu.kill();
         bail!(
-            "{}: the machine did not power off within {} s of the ACPI power button; console tail:\n{}",
+            "{} as {}: the machine did not power off within {} s of the ACPI power button; console tail:\n{}",
             board.name,
+            scenario.name,
             POWEROFF_LIMIT.as_secs(),
             crate::util::cmd::tail(&log, 30)
         );
     }
+    let lan_log = lan.log();
+    drop(lan);
 
     // 5. The scratch disk.
     let scratch = match &devices.scratch_disk {
@@ -150,8 +284,16 @@ pub fn boot_test(ws: &Workspace, board: &Board, options: &BootOptions) -> Result
         }
         None => None,
     };
-    for socket in [&machine.qmp_socket].into_iter().chain(&devices.guest_agent_socket) {
-        let _ = std::fs::remove_file(socket);
+    for file in [
+        Some(&machine.qmp_socket),
+        devices.guest_agent_socket.as_ref(),
+        config_volume.as_ref(),
+        oem_string_file.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let _ = std::fs::remove_file(file);
     }
 
     // 6. The verdict.
@@ -161,21 +303,39 @@ pub fn boot_test(ws: &Workspace, board: &Board, options: &BootOptions) -> Result
         log_path: &machine.serial_log,
         guest_agent: guest_agent.as_ref(),
         scratch: scratch.as_ref(),
+        api: &api_status,
+        lan: &lan_log,
+        expect: &scenario.expect,
+        role: scenario.name,
     };
-    let proven = verdict::judge(&evidence, &manifest, board)?;
-    Ok(BootReport {
-        board: board.name.clone(),
-        accel,
+    let proven = verdict::judge(&evidence, manifest, board)?;
+    Ok(NodeReport {
+        role: scenario.name.to_string(),
         ready_secs: ready.as_secs_f64(),
         guest_agent_secs,
         poweroff_secs: poweroff.as_secs_f64(),
         status,
+        api_status: api_status.ok(),
+        renewed_after_secs,
+        lan: lan_log,
         guest_agent: guest_agent.and_then(Result::ok),
         scratch,
         cmdline_required: proven.cmdline_required,
         service_restarts: proven.service_restarts,
         log: machine.serial_log.clone(),
     })
+}
+
+/// The node's status from its API, through the forward on 127.0.0.1.
+fn fetch_api(port: u16) -> Result<Status> {
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(5))
+        .with_context(|| format!("connecting to the node's API through 127.0.0.1:{port}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut document = String::new();
+    stream.read_to_string(&mut document).context("reading the node's API")?;
+    serde_json::from_str(document.trim())
+        .with_context(|| format!("the node's API answered {} bytes that are not its status", document.len()))
 }
 
 /// guest-sync, then guest-ping and guest-info.
@@ -206,8 +366,12 @@ pub fn floor_boot(board: &Board, disk: &Path, dir: &Path) -> Result<f64> {
     let accel = qemu::choose_accel(board, Accel::Auto)?;
     let machine =
         Machine { board, disk, serial_log: dir.join("floor-boot.log"), qmp_socket: dir.join("floor-qmp.sock"), accel };
+    // The same NICs as a node has, so the firmware and kernel do the same work.
+    let lan = Lan::start(lan::Offer { hostname: None })?;
+    let devices =
+        NodeDevices { api_forward: Some(free_port()?), lan_netdev: Some(lan.netdev("lan0")), ..NodeDevices::default() };
     let started = Instant::now();
-    let (mut qemu, stderr) = machine.start()?;
+    let (mut qemu, stderr) = machine.start_with(&devices)?;
     let limit = Duration::from_secs(board.file.qemu.boot_timeout_secs);
     let (_, elapsed) = console::wait_for_line(&mut qemu, &machine.serial_log, &stderr, started, limit, FLOOR)
         .with_context(|| format!("the floor boot of {}", board.name))?;

@@ -1,6 +1,7 @@
 //! Starting a board's QEMU under UEFI firmware, and deciding TCG versus KVM. Used by boot-test and by
 //! bench (which boots a trivial initramfs for the floor).
 
+use crate::spec::protocol::API_PORT;
 use crate::spec::{Arch, Board};
 use crate::util::cmd::{cmd, Cmd, Running};
 use crate::util::host::{req, Requirement};
@@ -57,7 +58,20 @@ pub struct NodeDevices {
     /// A virtio entropy source, as cloud VMs have: the firmware hands the kernel a seed from it and
     /// the node's random pool is ready at once (machined draws the scratch key from it).
     pub rng: bool,
+    /// The first NIC: QEMU user networking with `restrict=on` (nothing leaves the host), forwarding
+    /// this port on 127.0.0.1 to the node's API port.
+    pub api_forward: Option<u16>,
+    /// The second NIC's `-netdev` (boot-test's LAN, lan.rs).
+    pub lan_netdev: Option<String>,
+    /// A NoCloud config volume, attached read-only as a virtio disk.
+    pub config_volume: Option<PathBuf>,
+    /// A file whose content becomes one SMBIOS OEM string (type 11).
+    pub oem_string_file: Option<PathBuf>,
 }
+
+/// The NICs' MAC addresses, in PCI order (the node names them eth0 and eth1).
+pub const API_NIC_MAC: &str = "52:54:00:12:34:56";
+pub const LAN_NIC_MAC: &str = "52:54:00:12:34:57";
 
 /// The virtio-serial port name the QEMU guest agent opens.
 pub const GUEST_AGENT_PORT: &str = "org.qemu.guest_agent.0";
@@ -94,6 +108,30 @@ impl Machine<'_> {
         if devices.rng {
             c = c.args(["-device", "virtio-rng-pci"]);
         }
+        if let Some(port) = devices.api_forward {
+            // romfile= leaves out iPXE's option ROM: the firmware never boots from the network here.
+            c = c
+                .arg("-netdev")
+                .arg(format!("user,id=api0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:{API_PORT}"))
+                .arg("-device")
+                .arg(format!("virtio-net-pci,netdev=api0,mac={API_NIC_MAC},romfile="));
+        }
+        if let Some(netdev) = &devices.lan_netdev {
+            c = c
+                .arg("-netdev")
+                .arg(netdev)
+                .arg("-device")
+                .arg(format!("virtio-net-pci,netdev=lan0,mac={LAN_NIC_MAC},romfile="));
+        }
+        if let Some(volume) = &devices.config_volume {
+            c = c
+                .arg("-drive")
+                .arg(format!("if=none,id=cidata,format=raw,readonly=on,file={}", volume.display()))
+                .args(["-device", "virtio-blk-pci,drive=cidata"]);
+        }
+        if let Some(file) = &devices.oem_string_file {
+            c = c.arg("-smbios").arg(format!("type=11,path={}", file.display()));
+        }
         if let Some(socket) = &devices.guest_agent_socket {
             c = c
                 .args(["-device", "virtio-serial-pci,id=vser0", "-chardev"])
@@ -103,12 +141,7 @@ impl Machine<'_> {
         c
     }
 
-    /// Starts QEMU; its own stderr goes to `<serial_log>.qemu-stderr`.
-    pub fn start(&self) -> Result<(Running, PathBuf)> {
-        self.start_with(&NodeDevices::default())
-    }
-
-    /// Starts QEMU with the node's extra devices.
+    /// Starts QEMU with the node's extra devices; its own stderr goes to `<serial_log>.qemu-stderr`.
     pub fn start_with(&self, devices: &NodeDevices) -> Result<(Running, PathBuf)> {
         for stale in [&self.serial_log, &self.qmp_socket].into_iter().chain(&devices.guest_agent_socket) {
             let _ = std::fs::remove_file(stale);

@@ -3,6 +3,9 @@
 //! either says what was proven or fails listing every way the boot disproves the image.
 
 use super::console::{check_crash_loops, scan_for_failures};
+use super::lan::{self, LanLog};
+use super::qemu::LAN_NIC_MAC;
+use super::roles::Expectation;
 use super::scan::Findings;
 use crate::image::manifest::Manifest;
 use crate::spec::protocol::{MARKER_PREFIX, SCRATCH_CLOSED, SHUTDOWN};
@@ -30,6 +33,9 @@ pub struct Status {
     pub root_write_errno: Option<i64>,
     #[serde(default)]
     pub cmdline: String,
+    /// The boot modules machined loaded, in order.
+    #[serde(default)]
+    pub modules: Vec<String>,
     #[serde(default)]
     pub ready: bool,
     #[serde(default)]
@@ -54,6 +60,20 @@ pub struct Status {
     pub cgroups: serde_json::Value,
     #[serde(default)]
     pub milestones_ms: serde_json::Value,
+    /// The machine config: source, valid, role, error {field, why}.
+    #[serde(default)]
+    pub config: serde_json::Value,
+    #[serde(default)]
+    pub network: serde_json::Value,
+    #[serde(default)]
+    pub time: serde_json::Value,
+    #[serde(default)]
+    pub kubernetes: serde_json::Value,
+    #[serde(default)]
+    pub modules_on_demand: serde_json::Value,
+    /// What service dependencies are judged against.
+    #[serde(default)]
+    pub facts: serde_json::Value,
     #[serde(flatten)]
     pub rest: serde_json::Map<String, serde_json::Value>,
 }
@@ -124,6 +144,13 @@ pub struct Evidence<'a> {
     pub guest_agent: Option<&'a Result<GuestAgentReport, String>>,
     /// None when the board has no scratch disk.
     pub scratch: Option<&'a ScratchReport>,
+    /// The status as the node's API served it through the forward, or why it did not.
+    pub api: &'a Result<Status, String>,
+    /// What the test LAN saw.
+    pub lan: &'a LanLog,
+    /// What this role's node must report.
+    pub expect: &'a Expectation,
+    pub role: &'a str,
 }
 
 /// What a passing boot proved, beyond the status itself.
@@ -139,6 +166,7 @@ pub struct Proven {
 pub fn judge(evidence: &Evidence, manifest: &Manifest, board: &Board) -> Result<Proven> {
     let mut problems = Vec::new();
     let cmdline_required = status_problems(evidence.status, manifest, board, &mut problems);
+    node_problems(evidence, &mut problems);
 
     match evidence.guest_agent {
         Some(Err(e)) => problems.push(format!("the guest agent did not answer from the host: {e}")),
@@ -197,14 +225,187 @@ pub fn judge(evidence: &Evidence, manifest: &Manifest, board: &Board) -> Result<
 
     if !problems.is_empty() {
         bail!(
-            "{}: the boot disproves the image (console in {}):\n  {}\nconsole tail:\n{}",
+            "{} as {}: the boot disproves the image (console in {}):\n  {}\nconsole tail:\n{}",
             board.name,
+            evidence.role,
             evidence.log_path.display(),
             problems.join("\n  "),
             crate::util::cmd::tail(evidence.log, 30)
         );
     }
     Ok(Proven { cmdline_required, service_restarts })
+}
+
+/// What this role's node must show: its config, network, time, API, on-demand modules and the
+/// Kubernetes prerequisites, one line per problem.
+fn node_problems(evidence: &Evidence, problems: &mut Vec<String>) {
+    let status = evidence.status;
+    let expect = evidence.expect;
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array().map(|a| a.iter().map(|s| s.as_str().unwrap_or_default().to_string()).collect()).unwrap_or_default()
+    };
+    let router = lan::ROUTER.to_string();
+
+    // The config: its source, and the role, or the invalid field.
+    let config = &status.config;
+    if !text(&config["source"]).starts_with(expect.config_source) {
+        problems.push(format!("config.source is {}, expected {}…", config["source"], expect.config_source));
+    }
+    match (expect.role, expect.invalid_field) {
+        (Some(role), _) => {
+            if config["valid"] != true || text(&config["role"]) != role {
+                problems.push(format!("the node is not a valid {role}: config is {config}"));
+            }
+            let failed: Vec<&serde_json::Value> =
+                config["files"].as_array().into_iter().flatten().filter(|f| !f["error"].is_null()).collect();
+            if !failed.is_empty() {
+                problems.push(format!("machine.files failed: {failed:?}"));
+            }
+            if status.facts["configuration"] != true {
+                problems.push(format!("facts.configuration is not true with a valid config: {}", status.facts));
+            }
+        }
+        (None, field) => {
+            if config["valid"] != false || config["error"]["field"] != field.unwrap_or_default() {
+                problems.push(format!("the invalid config is not reported against {field:?}: config is {config}"));
+            }
+            if !config["role"].is_null() || status.facts["configuration"] != false {
+                problems.push(format!(
+                    "an invalid config still gave the node a role or counts as applied: config {config}, facts {}",
+                    status.facts
+                ));
+            }
+        }
+    }
+
+    // The network: the LAN NIC as the role configures it, the host name, the default route.
+    let network = &status.network;
+    let links = network["links"].as_array().cloned().unwrap_or_default();
+    let lan_link = links.iter().find(|l| l["mac"] == LAN_NIC_MAC);
+    match lan_link {
+        None => problems.push(format!("no link with the LAN NIC's MAC {LAN_NIC_MAC}: network is {network}")),
+        Some(link) => {
+            if text(&link["method"]) != expect.lan_method
+                || !strings(&link["addresses"]).iter().any(|a| a == expect.lan_address)
+            {
+                problems.push(format!("the LAN link is not {} with {}: {link}", expect.lan_method, expect.lan_address));
+            }
+            if expect.lan_method == "dhcp" {
+                let lease = &link["lease"];
+                for (field, want) in [("routers", &router), ("dns", &router), ("ntp", &router)] {
+                    if strings(&lease[field]) != [want.clone()] {
+                        problems.push(format!("the LAN lease's {field} is {}, expected [{want}]", lease[field]));
+                    }
+                }
+                if !strings(&lease["search"]).iter().any(|d| d == lan::DOMAIN) {
+                    problems.push(format!("the LAN lease's search list {} lacks {}", lease["search"], lan::DOMAIN));
+                }
+            }
+        }
+    }
+    if text(&network["hostname"]) != expect.hostname || text(&network["hostname_source"]) != expect.hostname_source {
+        problems.push(format!(
+            "host name is {} from {}, expected {} from {}",
+            network["hostname"], network["hostname_source"], expect.hostname, expect.hostname_source
+        ));
+    }
+    if text(&network["default_route"]) != router {
+        problems.push(format!("the default route is {}, expected via {router}", network["default_route"]));
+    }
+    for need in ["addresses", "connectivity", "hostname", "etcfiles"] {
+        if network["ready"][need] != true {
+            problems.push(format!("network readiness {need} is not met: {}", network["ready"]));
+        }
+    }
+    let lan_mac = LAN_NIC_MAC.to_string();
+    if evidence.lan.dhcp_clients.contains(&lan_mac) != expect.lan_dhcp {
+        problems.push(format!(
+            "the LAN's DHCP server {} the node's LAN NIC (it saw {:?})",
+            if expect.lan_dhcp { "never heard from" } else { "was asked by" },
+            evidence.lan.dhcp_clients
+        ));
+    }
+
+    // Time, from the LAN's NTP server.
+    if status.time["synced"] != true || text(&status.time["server"]) != router || evidence.lan.ntp_replies == 0 {
+        problems.push(format!(
+            "time is not synced from {router}: time is {}, the LAN answered {} NTP queries",
+            status.time, evidence.lan.ntp_replies
+        ));
+    }
+
+    // The API, through the forward: the same node, still up.
+    match evidence.api {
+        Err(e) => problems.push(format!("the node's API did not answer through the forward: {e}")),
+        Ok(api) => {
+            if api.image != status.image || api.version != status.version || api.config != status.config {
+                problems.push("the API served another node's status than the console showed".to_string());
+            }
+            if expect.renewal {
+                let renewed = api.network["links"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|l| l["mac"] == LAN_NIC_MAC && l["renewals"].as_u64().unwrap_or(0) > 0);
+                if !renewed || evidence.lan.renewals == 0 {
+                    problems.push(format!(
+                        "the LAN lease was not renewed before expiry ({} renewals at the LAN; the API's network is {})",
+                        evidence.lan.renewals, api.network
+                    ));
+                }
+            }
+        }
+    }
+
+    // Modules on demand: the config volume's filesystem and br_netfilter, loaded from the root's tree
+    // although not boot modules, with signatures enforced.
+    let requests = status.modules_on_demand["requests"].as_array().cloned().unwrap_or_default();
+    let loaded_on_demand = |module: &str| {
+        requests.iter().any(|r| text(&r["result"]).starts_with("ok") && text(&r["result"]).contains(module))
+    };
+    let mut wanted = vec!["br_netfilter"];
+    if expect.config_source == "cidata:" {
+        wanted.push("vfat");
+    }
+    for module in wanted {
+        if status.modules.iter().any(|m| m == module) {
+            problems.push(format!("{module} is a boot module, so loading it proves nothing about on-demand loading"));
+        } else if !loaded_on_demand(module) {
+            problems.push(format!("{module} was not loaded on demand: {}", status.modules_on_demand));
+        }
+    }
+    if text(&status.modules_on_demand["sig_enforce"]) != "Y" {
+        problems.push(format!("module signatures are not enforced: {}", status.modules_on_demand));
+    }
+
+    // Kubernetes's prerequisites.
+    let k8s = &status.kubernetes;
+    if k8s["bpffs"]["mounted"] != true {
+        problems.push(format!("bpffs is not mounted at /sys/fs/bpf: {}", k8s["bpffs"]));
+    }
+    let sysctls = strings(&k8s["sysctls"]);
+    for wanted in ["net.ipv4.ip_forward=1", "net.bridge.bridge-nf-call-iptables=1", "kernel.panic=10"] {
+        if !sysctls.iter().any(|s| s == wanted) {
+            problems.push(format!("sysctl {wanted} was not set: {}", k8s["sysctls"]));
+        }
+    }
+    if !strings(&k8s["sysctl_errors"]).is_empty() {
+        problems.push(format!("sysctls failed: {}", k8s["sysctl_errors"]));
+    }
+    let writable = k8s["writable_paths"].as_array().cloned().unwrap_or_default();
+    if writable.is_empty() {
+        problems.push("no writable paths were reported".to_string());
+    }
+    for path in &writable {
+        if path["writable"] != true || path["upper_on_scratch"] != true || !path["error"].is_null() {
+            problems.push(format!("writable path {} is not writable on the scratch disk: {path}", path["path"]));
+        }
+    }
+    // The same probe that found the writable paths writable finds /usr read-only.
+    if k8s["usr_read_only"] != true {
+        problems.push(format!("/usr is not read-only (write errno {})", k8s["usr_write_errno"]));
+    }
 }
 
 /// Arguments the running kernel must have: every one the image was built with (board, then spec) and
@@ -390,8 +591,36 @@ mod tests {
             "scratch": {"device": "/dev/vdb", "mapped": "/dev/dm-0", "fstype": "ext4", "marker": MARKER},
             "shells_found": [], "shells_checked": 2000, "setid_found": [], "world_writable_found": [],
             "cgroups": {"system": "/sys/fs/cgroup/system", "kubepods": "/sys/fs/cgroup/kubepods"},
+            "modules": ["loop", "virtio_net"],
+            "config": {"source": "cidata:/dev/vdc (vfat)", "valid": true, "applied": true, "role": "worker", "files": []},
+            "network": {
+                "hostname": "worker-1", "hostname_source": "dhcp", "default_route": "10.0.3.1",
+                "ready": {"addresses": true, "connectivity": true, "hostname": true, "etcfiles": true},
+                "links": [{"name": "eth1", "mac": LAN_NIC_MAC, "method": "dhcp", "addresses": ["10.0.3.15/24"],
+                           "renewals": 1,
+                           "lease": {"routers": ["10.0.3.1"], "dns": ["10.0.3.1"], "ntp": ["10.0.3.1"], "search": ["cluster.test"]}}],
+            },
+            "time": {"synced": true, "server": "10.0.3.1"},
+            "facts": {"configuration": true},
+            "modules_on_demand": {"sig_enforce": "Y", "requests": [
+                {"request": "fs-vfat", "result": "ok vfat,fat"}, {"request": "br_netfilter", "result": "ok br_netfilter"}]},
+            "kubernetes": {
+                "bpffs": {"mounted": true},
+                "sysctls": ["net.ipv4.ip_forward=1", "net.bridge.bridge-nf-call-iptables=1", "kernel.panic=10"],
+                "sysctl_errors": [],
+                "writable_paths": [{"path": "/etc/cni", "writable": true, "upper_on_scratch": true, "error": null}],
+                "usr_read_only": true,
+            },
         }))
         .unwrap()
+    }
+
+    fn worker() -> Expectation {
+        crate::boot::roles::scenarios().remove(0).expect
+    }
+
+    fn lan_log() -> LanLog {
+        LanLog { renewals: 1, ntp_replies: 2, dhcp_clients: vec![LAN_NIC_MAC.to_string()], ..LanLog::default() }
     }
 
     const LOG: &str = "MACHINED-STATUS {}\nMACHINED-SHUTDOWN reason=power-button\nMACHINED-SCRATCH-CLOSED ok\n";
@@ -411,12 +640,28 @@ mod tests {
         agent: Option<Result<GuestAgentReport, String>>,
         scratch: ScratchReport,
     ) -> Result<Proven> {
+        node_verdict(status, log, agent, scratch, &Ok(status.clone()), &lan_log(), &worker())
+    }
+
+    fn node_verdict(
+        status: &Status,
+        log: &str,
+        agent: Option<Result<GuestAgentReport, String>>,
+        scratch: ScratchReport,
+        api: &Result<Status, String>,
+        lan: &LanLog,
+        expect: &Expectation,
+    ) -> Result<Proven> {
         let evidence = Evidence {
             status,
             log,
             log_path: Path::new("boot.log"),
             guest_agent: agent.as_ref(),
             scratch: Some(&scratch),
+            api,
+            lan,
+            expect,
+            role: "worker",
         };
         judge(&evidence, &manifest(), &board())
     }
@@ -473,5 +718,60 @@ mod tests {
         ] {
             assert!(err.contains(wanted), "{wanted:?} missing from:\n{err}");
         }
+    }
+
+    #[test]
+    fn every_way_a_node_can_miss_its_role_is_reported() {
+        let clean = || ScratchReport::new(MARKER, &findings(5000, None, None));
+        let fails = |status: &Status, api: &Result<Status, String>, lan: &LanLog, expect: &Expectation| {
+            format!("{:#}", node_verdict(status, LOG, agent(false), clean(), api, lan, expect).unwrap_err())
+        };
+        let mut bad = status();
+        bad.config = serde_json::json!({"source": "smbios:oem-string", "valid": true, "role": "controlplane"});
+        bad.network["hostname"] = "node-525400123456".into();
+        bad.network["default_route"] = serde_json::Value::Null;
+        bad.network["links"][0]["lease"]["routers"] = serde_json::json!([]);
+        bad.network["links"][0]["addresses"] = serde_json::json!([]);
+        bad.time = serde_json::json!({"synced": false, "reason": "no NTP servers"});
+        bad.modules.push("vfat".into());
+        bad.modules_on_demand = serde_json::json!({"sig_enforce": "N", "requests": []});
+        bad.kubernetes["bpffs"]["mounted"] = false.into();
+        bad.kubernetes["writable_paths"][0]["upper_on_scratch"] = false.into();
+        bad.kubernetes["usr_read_only"] = false.into();
+        let mut no_renewal = status();
+        no_renewal.network["links"][0]["renewals"] = 0.into();
+        let quiet_lan = LanLog::default();
+        let err = fails(&bad, &Ok(no_renewal), &quiet_lan, &worker());
+        for wanted in [
+            "config.source is \"smbios:oem-string\"",
+            "not a valid worker",
+            "the LAN link is not dhcp with 10.0.3.15/24",
+            "routers is []",
+            "host name is \"node-525400123456\"",
+            "the default route is null",
+            "never heard from the node's LAN NIC",
+            "time is not synced",
+            "the API served another node's status",
+            "was not renewed before expiry",
+            "vfat is a boot module",
+            "br_netfilter was not loaded on demand",
+            "signatures are not enforced",
+            "bpffs is not mounted",
+            "not writable on the scratch disk",
+            "/usr is not read-only",
+        ] {
+            assert!(err.contains(wanted), "{wanted:?} missing from:\n{err}");
+        }
+        let err = fails(&status(), &Err("connection refused".into()), &lan_log(), &worker());
+        assert!(err.contains("API did not answer through the forward: connection refused"), "{err}");
+
+        // An invalid config must be reported against its field and give no role.
+        let invalid = crate::boot::roles::scenarios().remove(2).expect;
+        let mut reported = status();
+        reported.config = serde_json::json!({"source": "smbios:oem-string", "valid": false,
+            "error": {"field": "machine.type", "why": "wrong"}});
+        let err = fails(&reported, &Ok(reported.clone()), &lan_log(), &invalid);
+        assert!(err.contains("not reported against Some(\"machine.network.interfaces[0].addresses[0]\")"), "{err}");
+        assert!(err.contains("counts as applied"), "{err}");
     }
 }

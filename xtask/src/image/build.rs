@@ -21,8 +21,8 @@
 
 use super::inputs::BuildInputs;
 use super::manifest::{Artifact, KernelRequirements, Manifest};
-use super::root_parts;
 use super::publish::{self, Staging};
+use super::root_parts;
 use super::sbom;
 use crate::archive::fetch::fetch;
 use crate::archive::lockfile::LockedPackage;

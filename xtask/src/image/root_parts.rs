@@ -45,7 +45,7 @@ mod tests {
         install_machined(&root, &machined).unwrap();
         let link = root.join(MODPROBE.trim_start_matches('/'));
         assert_eq!(fs::read(&link).unwrap(), b"\x7fELF");
-        assert_eq!(fs::read_link(&link).unwrap().to_str().unwrap(), "../../sbin/init");
+        assert_eq!(fs::read_link(&link).unwrap().to_str().unwrap(), "../../../usr/sbin/init");
         assert_eq!(relative_target("/a/b/c", "/x/y"), "../../x/y");
     }
 }

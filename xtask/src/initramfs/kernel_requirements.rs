@@ -119,15 +119,15 @@ mod tests {
 
     #[test]
     fn options_set_to_y_or_m_are_met_and_others_named() {
-        let mut config: BTreeMap<String, String> = CILIUM
-            .iter()
-            .flat_map(|(_, options)| options.iter())
-            .map(|o| (o.to_string(), "y".to_string()))
-            .collect();
+        let mut config: BTreeMap<String, String> =
+            CILIUM.iter().flat_map(|(_, options)| options.iter()).map(|o| (o.to_string(), "y".to_string())).collect();
         config.insert("CONFIG_NET_SCH_FQ".into(), "m".into());
         let report = cilium(&config);
         assert!(report.base_met && report.features.iter().all(|f| f.met), "{report:?}");
-        assert_eq!(report.features.iter().find(|f| f.feature == "bandwidth manager").unwrap().modules, ["CONFIG_NET_SCH_FQ"]);
+        assert_eq!(
+            report.features.iter().find(|f| f.feature == "bandwidth manager").unwrap().modules,
+            ["CONFIG_NET_SCH_FQ"]
+        );
 
         config.remove("CONFIG_BPF_JIT");
         config.insert("CONFIG_NETKIT".into(), "n".into());

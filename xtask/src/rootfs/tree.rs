@@ -121,7 +121,8 @@ fn link_cni_plugins(root: &Path) -> Result<()> {
     for made in ["opt", "opt/cni", "opt/cni/bin"] {
         fs::set_permissions(root.join(made), fs::Permissions::from_mode(0o755))?;
     }
-    let mut names: Vec<String> = entries.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned())).collect();
+    let mut names: Vec<String> =
+        entries.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned())).collect();
     names.sort();
     for name in names {
         let link = bin_dir.join(&name);

@@ -3,7 +3,7 @@
 
 use super::{print_json, Global};
 use crate::boot::qemu::Accel;
-use crate::boot::{boot_test, BootOptions, BootReport};
+use crate::boot::{boot_test, BootOptions, BootReport, NodeReport};
 use crate::spec::{select_board, Arch};
 use anyhow::Result;
 use std::time::Duration;
@@ -27,7 +27,8 @@ pub struct BootTestArgs {
 pub fn run(global: &Global, args: &BootTestArgs) -> Result<()> {
     let ws = global.workspace();
     let board = select_board(&ws.boards_dir(), args.board.as_deref(), args.arch)?;
-    let options = BootOptions { accel: args.accel, timeout: args.timeout.map(Duration::from_secs) };
+    let options =
+        BootOptions { accel: args.accel, timeout: args.timeout.map(Duration::from_secs), first_role_only: false };
     let report = boot_test(&ws, &board, &options)?;
     if global.json {
         print_json(&report)
@@ -38,10 +39,24 @@ pub fn run(global: &Global, args: &BootTestArgs) -> Result<()> {
 }
 
 fn print_summary(r: &BootReport) {
-    let s = &r.status;
     println!(
-        "boot-test {}: ready in {:.2} s ({}, kernel {}, root {} read-only), powered off {:.2} s after the power button",
-        r.board, r.ready_secs, r.accel, s.kernel, s.root_fstype, r.poweroff_secs
+        "boot-test {}: {} roles booted from one disk (sha256 {}, unchanged after), {}",
+        r.board,
+        r.nodes.len(),
+        r.disk_sha256,
+        r.accel
+    );
+    for node in &r.nodes {
+        print_node(node);
+    }
+}
+
+fn print_node(n: &NodeReport) {
+    let s = &n.status;
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
+    println!(
+        "{}: ready in {:.2} s (kernel {}, root {} read-only), powered off {:.2} s after the power button",
+        n.role, n.ready_secs, s.kernel, s.root_fstype, n.poweroff_secs
     );
     if let Some(milestones) = s.milestones_ms.as_object() {
         let mut steps: Vec<(&String, u64)> = milestones.iter().map(|(k, v)| (k, v.as_u64().unwrap_or(0))).collect();
@@ -49,6 +64,79 @@ fn print_summary(r: &BootReport) {
         let steps: Vec<String> = steps.iter().map(|(k, v)| format!("{k} {v}")).collect();
         println!("  kernel → ready (ms since kernel start): {}", steps.join(", "));
     }
+    let config = &s.config;
+    match config["valid"].as_bool() {
+        Some(true) => println!("  config: {} from {}", text(&config["role"]), text(&config["source"])),
+        _ => println!(
+            "  config: invalid, from {}: {}: {}",
+            text(&config["source"]),
+            text(&config["error"]["field"]),
+            text(&config["error"]["why"])
+        ),
+    }
+    println!(
+        "  network: host name {} ({}), default route via {}, nameservers {}",
+        text(&s.network["hostname"]),
+        text(&s.network["hostname_source"]),
+        text(&s.network["default_route"]),
+        s.network["nameservers"]
+    );
+    for link in s.network["links"].as_array().into_iter().flatten() {
+        let lease = &link["lease"];
+        let lease = if lease.is_null() {
+            String::new()
+        } else {
+            format!(
+                ", lease from {}: routers {} dns {} ntp {} search {}",
+                text(&lease["server"]),
+                lease["routers"],
+                lease["dns"],
+                lease["ntp"],
+                lease["search"]
+            )
+        };
+        println!(
+            "    {} {} {}: {}{lease}",
+            text(&link["name"]),
+            text(&link["mac"]),
+            text(&link["method"]),
+            link["addresses"]
+        );
+    }
+    if let Some(after) = n.renewed_after_secs {
+        println!("  LAN lease renewed {after:.1} s after ready ({} renewals seen by the LAN)", n.lan.renewals);
+    }
+    println!(
+        "  time: synced {} from {} {}",
+        s.time["synced"],
+        text(&s.time["server"]),
+        s.time["reason"].as_str().map(|r| format!("({r})")).unwrap_or_default()
+    );
+    println!("  API through the forward: {}", if n.api_status.is_some() { "answered" } else { "no answer" });
+    let requests: Vec<String> = s.modules_on_demand["requests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| format!("{} → {}", text(&r["request"]), text(&r["result"])))
+        .collect();
+    println!(
+        "  modules on demand (sig_enforce {}): {}",
+        text(&s.modules_on_demand["sig_enforce"]),
+        requests.join("; ")
+    );
+    println!(
+        "  kubernetes: bpffs mounted {}, {} sysctls set, writable paths {}, /usr read-only {}",
+        s.kubernetes["bpffs"]["mounted"],
+        s.kubernetes["sysctls"].as_array().map_or(0, Vec::len),
+        s.kubernetes["writable_paths"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|w| text(&w["path"]))
+            .collect::<Vec<_>>()
+            .join(" "),
+        s.kubernetes["usr_read_only"]
+    );
     let extensions: Vec<String> = s.extensions.iter().map(|e| format!("{} {}", e.name, e.version)).collect();
     println!("  extensions: {}", if extensions.is_empty() { "none".to_string() } else { extensions.join(", ") });
     println!("  containerd: {}", s.containerd);
@@ -63,17 +151,17 @@ fn print_summary(r: &BootReport) {
             svc.namespaces.join(",")
         );
     }
-    if let Some(ga) = &r.guest_agent {
+    if let Some(ga) = &n.guest_agent {
         println!(
             "  guest agent {} answered guest-ping and guest-info ({} commands enabled, guest-exec {}) {:.2} s after QEMU start",
             ga.version,
             ga.enabled_commands,
             if ga.guest_exec_enabled { "ENABLED" } else { "disabled" },
-            r.guest_agent_secs.unwrap_or_default()
+            n.guest_agent_secs.unwrap_or_default()
         );
     }
     println!("  shells found: none of {} entries walked", s.shells_checked);
-    match &r.scratch {
+    match &n.scratch {
         Some(sc) => println!(
             "  scratch: {} on the node; {} bytes written to {}, marker {} not found on the disk",
             s.scratch,
@@ -83,5 +171,5 @@ fn print_summary(r: &BootReport) {
         ),
         None => println!("  scratch: {}", s.scratch),
     }
-    println!("  kernel arguments present: {}", r.cmdline_required.join(" "));
+    println!("  kernel arguments present: {}", n.cmdline_required.join(" "));
 }
