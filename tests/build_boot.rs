@@ -67,8 +67,61 @@ fn check_disk_formats(dir: &Path, base: &str, arch: &str) {
     assert!(unsquash.contains("squashfs-root/usr/lib/os-release"), "root squashfs lacks os-release");
 }
 
-/// What boot-test's report must prove about the running node (boot-test checks these too; the test
+/// What boot-test's report must prove about each role's boot of the one disk: its config, network,
+/// time, API, on-demand modules and Kubernetes prerequisites (boot-test checks these too; the test
 /// pins them so a weakened boot-test cannot pass).
+fn check_roles(boot: &serde_json::Value, manifest: &serde_json::Value, arch: &str) {
+    let disk = manifest["artifacts"].as_array().unwrap().iter().find(|a| a["file"].as_str().unwrap().ends_with(".qcow2"));
+    assert_eq!(boot["disk_sha256"], disk.unwrap()["sha256"], "the roles booted another disk than manifest.json's");
+    assert_eq!(boot["disk_sha256_after"], boot["disk_sha256"]);
+    let nodes = boot["nodes"].as_array().unwrap();
+    let roles: Vec<&str> = nodes.iter().map(|n| n["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["worker", "control-plane", "invalid-config"]);
+    for node in nodes {
+        check_node(node, manifest, arch);
+        let status = &node["status"];
+        // Reached from the host through the restricted user NIC's forward, and still up.
+        assert_eq!(node["api_status"]["image"], status["image"], "{}", node["api_status"]);
+        assert_eq!(status["time"]["synced"], true, "{}", status["time"]);
+        assert_eq!(status["kubernetes"]["bpffs"]["mounted"], true);
+        assert_eq!(status["kubernetes"]["usr_read_only"], true);
+        for path in status["kubernetes"]["writable_paths"].as_array().unwrap() {
+            assert_eq!((&path["writable"], &path["upper_on_scratch"]), (&true.into(), &true.into()), "{path}");
+        }
+        let on_demand = &status["modules_on_demand"]["requests"];
+        let loaded = |request: &str, module: &str| {
+            on_demand.as_array().unwrap().iter().any(|r| {
+                r["request"] == request && r["result"].as_str().unwrap().starts_with("ok") && r["result"].as_str().unwrap().contains(module)
+            })
+        };
+        assert!(loaded("br_netfilter", "br_netfilter"), "{on_demand}");
+        assert_eq!(status["modules_on_demand"]["sig_enforce"], "Y");
+        let lan = status["network"]["links"].as_array().unwrap().iter().find(|l| l["name"] == "eth1").unwrap().clone();
+        match node["role"].as_str().unwrap() {
+            "worker" => {
+                assert_eq!(status["config"]["role"], "worker");
+                assert_eq!(lan["lease"]["routers"], serde_json::json!(["10.0.3.1"]), "{lan}");
+                assert_eq!(lan["lease"]["dns"], serde_json::json!(["10.0.3.1"]), "{lan}");
+                assert!(node["renewed_after_secs"].as_f64().is_some(), "the LAN lease was not renewed");
+                assert!(loaded("fs-vfat", "vfat"), "{on_demand}");
+                assert_eq!(status["network"]["hostname"], "worker-1");
+            }
+            "control-plane" => {
+                assert_eq!(status["config"]["role"], "controlplane");
+                assert_eq!(lan["method"], "static");
+                assert_eq!(lan["addresses"], serde_json::json!(["10.0.3.10/24"]), "{lan}");
+                assert_eq!(status["network"]["hostname"], "cp-1");
+            }
+            _ => {
+                assert_eq!(status["config"]["valid"], false);
+                assert_eq!(status["config"]["error"]["field"], "machine.network.interfaces[0].addresses[0]");
+                assert_eq!(status["facts"]["configuration"], false);
+            }
+        }
+    }
+}
+
+/// What boot-test's report must prove about one boot of the node.
 fn check_node(boot: &serde_json::Value, manifest: &serde_json::Value, arch: &str) {
     let status = &boot["status"];
     assert_eq!(status["arch"], arch);
@@ -167,10 +220,10 @@ fn build_check_and_boot(arch: &str) {
 
     let stdout = succeeds(xtask().args(["--json", "--out-dir"]).arg(out.path()).args(["boot-test", "--arch", arch]));
     let boot: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    check_node(&boot, &manifest, arch);
-    let log = std::fs::read_to_string(dir.join("boot.log")).unwrap();
+    check_roles(&boot, &manifest, arch);
+    let log = std::fs::read_to_string(dir.join("boot-worker.log")).unwrap();
     for line in [protocol::STATUS, protocol::SHUTDOWN, protocol::SCRATCH_CLOSED] {
-        assert!(log.contains(line), "boot.log lacks {line}:\n{log}");
+        assert!(log.contains(line), "boot-worker.log lacks {line}:\n{log}");
     }
     assert!(log.contains("[containerd] "), "containerd's output is not on the console:\n{log}");
 
@@ -239,6 +292,15 @@ fn build_with_spec_fails(spec: &str) -> String {
     assert!(!out.exists(), "a failed build created {}", out.display());
     assert!(stderr.contains("node.toml"), "error does not name the spec file:\n{stderr}");
     stderr
+}
+
+/// A module directory the kernel lacks is refused before anything is written.
+#[test]
+fn unknown_on_demand_module_directory_is_named() {
+    let _heavy = heavy();
+    let spec = good_spec().replacen("on-demand-modules = [", "on-demand-modules = [\"fs/nosuchfs\", ", 1);
+    let stderr = build_with_spec_fails(&spec);
+    assert!(stderr.contains("field `on-demand-modules`: \"fs/nosuchfs\" holds no module of kernel 6.12"), "{stderr}");
 }
 
 fn good_spec() -> String {

@@ -15,6 +15,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 
 const KERNEL_HELPER: &str = "/proc/sys/kernel/modprobe";
+/// The kernel asks for names it can do without (built-in algorithms under other names, optional
+/// helpers): not an error, the log says `missing`.
+const NOT_FOUND: &str = "no module is or provides";
 /// `Y` when the kernel refuses modules without a valid signature (module.sig_enforce=1).
 const SIG_ENFORCE: &str = "/sys/module/module/parameters/sig_enforce";
 
@@ -87,7 +90,7 @@ pub fn request(release: &str, request: &str) -> Result<Vec<String>, String> {
     let outcome = Index::open(release).and_then(|index| {
         let names = index.resolve(request);
         if names.is_empty() {
-            return Err(format!("no module is or provides {request:?}"));
+            return Err(format!("{NOT_FOUND} {request:?}"));
         }
         let mut inserted = Vec::new();
         let mut errors = Vec::new();
@@ -107,6 +110,7 @@ pub fn request(release: &str, request: &str) -> Result<Vec<String>, String> {
     let line = match &outcome {
         Ok(inserted) if inserted.is_empty() => format!("{request} ok (already loaded)\n"),
         Ok(inserted) => format!("{request} ok {}\n", inserted.join(",")),
+        Err(e) if e.starts_with(NOT_FOUND) => format!("{request} missing {}\n", e.replace('\n', " ")),
         Err(e) => format!("{request} error {}\n", e.replace('\n', " ")),
     };
     if let Some(dir) = std::path::Path::new(MODPROBE_LOG).parent() {

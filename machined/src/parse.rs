@@ -439,6 +439,22 @@ pub fn mounts_under(mounts: &str, dir: &str) -> Vec<String> {
     found
 }
 
+/// Overlay mounts elsewhere whose upper layer lives at or below `dir` (the writable paths over the
+/// root keep theirs on /var), last mounted first: they hold `dir`'s filesystem busy.
+pub fn overlays_backed_by(mounts: &str, dir: &str) -> Vec<String> {
+    let prefix = format!("upperdir={}/", dir.trim_end_matches('/'));
+    let mut found: Vec<String> = mounts
+        .lines()
+        .filter_map(|l| {
+            let fields: Vec<&str> = l.split(' ').collect();
+            let backed = fields.get(2) == Some(&"overlay") && fields.get(3)?.split(',').any(|o| o.starts_with(&prefix));
+            backed.then(|| unescape_mount_path(fields[1]))
+        })
+        .collect();
+    found.reverse();
+    found
+}
+
 fn unescape_mount_path(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -834,5 +850,15 @@ mod tests {
         let if_inet6 = "fec000000000000050540ffffe123456 02 40 00 00     eth0\nfe80000000000000505400fffe123456 02 40 20 80     eth0\n00000000000000000000000000000001 01 80 10 80       lo\n";
         assert_eq!(ipv6_addresses(if_inet6, "eth0"), ["fec0::5054:fff:fe12:3456/64", "fe80::5054:ff:fe12:3456/64"]);
         assert_eq!(ipv6_addresses(if_inet6, "lo"), ["::1/128"]);
+    }
+
+    #[test]
+    fn overlays_with_their_upper_layer_on_var_are_found_last_first() {
+        let mounts = "overlay / overlay ro,lowerdir=/a:/b 0 0\n\
+            /dev/dm-0 /var ext4 rw 0 0\n\
+            overlay /etc/cni overlay rw,lowerdir=/etc/cni,upperdir=/var/lib/machined/overlays/etc-cni/upper,workdir=/var/w 0 0\n\
+            overlay /opt/cni/bin overlay rw,lowerdir=/opt/cni/bin,upperdir=/var/lib/machined/overlays/opt-cni-bin/upper,workdir=/var/x 0 0\n\
+            overlay /x overlay rw,upperdir=/varnish/u 0 0\n";
+        assert_eq!(overlays_backed_by(mounts, "/var"), ["/opt/cni/bin", "/etc/cni"]);
     }
 }

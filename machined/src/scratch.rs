@@ -230,7 +230,9 @@ fn refuse_if_in_use(name: &str, device: &str) -> Fallible<()> {
 pub fn teardown(mounted: &Mounted) -> Fallible<String> {
     let mounts = fs::read_to_string("/proc/self/mounts").ctx(|| "read /proc/self/mounts".into())?;
     let mut detached = Vec::new();
-    for target in parse::mounts_under(&mounts, VAR) {
+    // Overlays elsewhere with their upper layer on /var first (the writable paths), then /var itself.
+    let targets = parse::overlays_backed_by(&mounts, VAR).into_iter().chain(parse::mounts_under(&mounts, VAR));
+    for target in targets {
         if let Err(e) = sys::do_umount(&target, 0) {
             if e.raw_os_error() != Some(sys::EBUSY) {
                 return Err(format!("unmount {target}: {e}"));

@@ -541,4 +541,53 @@ mod tests {
         spec.extensions = vec!["Bad Name".into()];
         assert!(format!("{:#}", check_fields(&spec, &path).unwrap_err()).contains("field `extensions`"));
     }
+
+    #[test]
+    fn network_section_becomes_a_kernel_argument_within_its_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = std::fs::read_to_string(crate::util::paths::repo_root().join("boards/qemu-arm64.toml")).unwrap();
+        let path = dir.path().join("b.toml");
+        std::fs::write(&path, &text).unwrap();
+        let board = load_board_file(&path).unwrap();
+        let wait = board.file.network.as_ref().unwrap().ready_wait_secs;
+        assert!(board.file.kernel_args.contains(&format!("{NETWORK_WAIT_ARG}={wait}")));
+        std::fs::write(&path, text.replace(&format!("ready-wait-secs = {wait}"), "ready-wait-secs = 999")).unwrap();
+        let err = format!("{:#}", load_board_file(&path).unwrap_err());
+        assert!(err.contains("b.toml: field `network.ready-wait-secs`: 999 is over 60"), "{err}");
+        std::fs::write(&path, text.replace("kernel-args = [", "kernel-args = [\"machined.network-wait=1\", ")).unwrap();
+        let err = format!("{:#}", load_board_file(&path).unwrap_err());
+        assert!(err.contains("[network] ready-wait-secs"), "{err}");
+        std::fs::write(&path, text.replace("ready-wait-secs", "ready-wait")).unwrap();
+        let err = format!("{:#}", load_board_file(&path).unwrap_err());
+        assert!(err.contains("b.toml:") && err.contains("ready-wait"), "{err}");
+    }
+
+    #[test]
+    fn writable_paths_and_module_dirs_are_checked_naming_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = std::fs::read_to_string(crate::util::paths::repo_root().join("image-spec/node.toml")).unwrap();
+        let path = dir.path().join("node.toml");
+        let with = |from: &str, to: &str| -> String {
+            assert!(text.contains(from), "{from}");
+            std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+            format!("{:#}", load_spec(&path).unwrap_err())
+        };
+        let paths = "writable-paths = [\"/etc/cni\"";
+        for (bad, why) in [
+            ("\"/var/lib/cni\"", "is under /var"),
+            ("\"/proc/x\"", "is under /proc"),
+            ("\"etc/cni\"", "must be a clean absolute path"),
+            ("\"/etc/../cni\"", "must be a clean absolute path"),
+            ("\"/etc/cni/\"", "must be a clean absolute path"),
+            ("\"/etc/cni\", \"/etc/cni\"", "is listed twice"),
+        ] {
+            let err = with(paths, &format!("writable-paths = [{bad}"));
+            assert!(err.contains("node.toml: field `writable-paths`") && err.contains(why), "{bad}: {err}");
+        }
+        let err = with("on-demand-modules = [", "on-demand-modules = [\"../kernel\", ");
+        assert!(err.contains("field `on-demand-modules`: \"../kernel\""), "{err}");
+        let line = text.lines().position(|l| l.starts_with("writable-paths")).unwrap() + 1;
+        let err = with("writable-paths = [", "writable-paths = [1, ");
+        assert!(err.contains(&format!("node.toml:{line}:")) && err.contains("expected a string"), "{err}");
+    }
 }
