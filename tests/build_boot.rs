@@ -71,7 +71,8 @@ fn check_disk_formats(dir: &Path, base: &str, arch: &str) {
 /// time, API, on-demand modules and Kubernetes prerequisites (boot-test checks these too; the test
 /// pins them so a weakened boot-test cannot pass).
 fn check_roles(boot: &serde_json::Value, manifest: &serde_json::Value, arch: &str) {
-    let disk = manifest["artifacts"].as_array().unwrap().iter().find(|a| a["file"].as_str().unwrap().ends_with(".qcow2"));
+    let disk =
+        manifest["artifacts"].as_array().unwrap().iter().find(|a| a["file"].as_str().unwrap().ends_with(".qcow2"));
     assert_eq!(boot["disk_sha256"], disk.unwrap()["sha256"], "the roles booted another disk than manifest.json's");
     assert_eq!(boot["disk_sha256_after"], boot["disk_sha256"]);
     let nodes = boot["nodes"].as_array().unwrap();
@@ -91,7 +92,9 @@ fn check_roles(boot: &serde_json::Value, manifest: &serde_json::Value, arch: &st
         let on_demand = &status["modules_on_demand"]["requests"];
         let loaded = |request: &str, module: &str| {
             on_demand.as_array().unwrap().iter().any(|r| {
-                r["request"] == request && r["result"].as_str().unwrap().starts_with("ok") && r["result"].as_str().unwrap().contains(module)
+                r["request"] == request
+                    && r["result"].as_str().unwrap().starts_with("ok")
+                    && r["result"].as_str().unwrap().contains(module)
             })
         };
         assert!(loaded("br_netfilter", "br_netfilter"), "{on_demand}");

@@ -85,9 +85,15 @@ impl State {
 
 pub type Shared = Arc<Mutex<State>>;
 
-/// A copy of the state as it is now.
+/// A copy of the state as it is now. IPv6 addresses are read afresh: router advertisements and
+/// SLAAC come and go without machined's doing.
 pub fn snapshot(shared: &Shared) -> State {
-    lock(shared).clone()
+    let mut state = lock(shared).clone();
+    let if_inet6 = fs::read_to_string("/proc/net/if_inet6").unwrap_or_default();
+    for link in state.links.iter_mut() {
+        link.ipv6 = crate::parse::ipv6_addresses(&if_inet6, &link.name);
+    }
+    state
 }
 
 /// The status's `network` section: readiness, then each link with its lease.

@@ -342,6 +342,17 @@ fn node_problems(evidence: &Evidence, problems: &mut Vec<String>) {
             if api.image != status.image || api.version != status.version || api.config != status.config {
                 problems.push("the API served another node's status than the console showed".to_string());
             }
+            // IPv6 router advertisements are taken: QEMU's user network advertises fec0::/64, and by
+            // the API's later look the node has configured an address from it (SLAAC).
+            let from_ra = api.network["links"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|l| strings(&l["ipv6"]))
+                .any(|a| !a.starts_with("fe80:") && a != "::1/128");
+            if !from_ra {
+                problems.push(format!("no link has an IPv6 address from a router advertisement: {}", api.network));
+            }
             if expect.renewal {
                 let renewed = api.network["links"]
                     .as_array()
@@ -597,6 +608,7 @@ mod tests {
                 "hostname": "worker-1", "hostname_source": "dhcp", "default_route": "10.0.3.1",
                 "ready": {"addresses": true, "connectivity": true, "hostname": true, "etcfiles": true},
                 "links": [{"name": "eth1", "mac": LAN_NIC_MAC, "method": "dhcp", "addresses": ["10.0.3.15/24"],
+                           "ipv6": ["fec0::5054:ff:fe12:3457/64", "fe80::5054:ff:fe12:3457/64"],
                            "renewals": 1,
                            "lease": {"routers": ["10.0.3.1"], "dns": ["10.0.3.1"], "ntp": ["10.0.3.1"], "search": ["cluster.test"]}}],
             },
@@ -740,6 +752,7 @@ mod tests {
         bad.kubernetes["usr_read_only"] = false.into();
         let mut no_renewal = status();
         no_renewal.network["links"][0]["renewals"] = 0.into();
+        no_renewal.network["links"][0]["ipv6"] = serde_json::json!(["fe80::5054:ff:fe12:3457/64"]);
         let quiet_lan = LanLog::default();
         let err = fails(&bad, &Ok(no_renewal), &quiet_lan, &worker());
         for wanted in [
@@ -753,6 +766,7 @@ mod tests {
             "time is not synced",
             "the API served another node's status",
             "was not renewed before expiry",
+            "no link has an IPv6 address from a router advertisement",
             "vfat is a boot module",
             "br_netfilter was not loaded on demand",
             "signatures are not enforced",
