@@ -487,6 +487,7 @@ machine:
   network:
     hostname: cp-1
     nameservers: [10.0.2.3]
+    searchDomains: [cluster.test, example.org]
     interfaces:
       - interface: eth0
         addresses: [10.0.2.50/24]
@@ -515,6 +516,7 @@ cluster:
         assert_eq!(config.role, Role::ControlPlane);
         assert_eq!(config.hostname.as_deref(), Some("cp-1"));
         assert_eq!(config.nameservers, [Ipv4Addr::new(10, 0, 2, 3)]);
+        assert_eq!(config.search_domains, ["cluster.test", "example.org"]);
         let eth0 = &config.interfaces[0];
         assert_eq!((eth0.name.as_str(), eth0.dhcp), ("eth0", false), "addresses and no dhcp key: static");
         assert_eq!(eth0.addresses[0].to_string(), "10.0.2.50/24");
@@ -569,6 +571,11 @@ cluster:
                 "needs a gateway",
             ),
             ("version: v1alpha1\nmachine: [1]\n", "machine", "not a mapping"),
+            (
+                "version: v1alpha1\nmachine:\n  type: worker\n  network: {searchDomains: [\"not a domain\"]}\n",
+                "machine.network.searchDomains[0]",
+                "not a domain name",
+            ),
             ("{{{", "(document)", "not YAML"),
         ];
         for (text, field, why) in cases {
@@ -576,5 +583,27 @@ cluster:
             assert_eq!(err.field, field, "{text}");
             assert!(err.why.contains(why), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn files_are_created_appended_and_overwritten_with_their_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("machined-files-{}", std::process::id()));
+        let path = dir.join("sub/note").to_string_lossy().into_owned();
+        let file = |op, content: &str| File { path: path.clone(), content: content.into(), permissions: 0o600, op };
+        let results = apply_files(&[file(FileOp::Create, "a"), file(FileOp::Create, "b")]);
+        assert_eq!(results[0].1, None);
+        assert!(results[1].1.as_deref().unwrap().contains("exists"), "{results:?}");
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        apply_files(&[file(FileOp::Append, "c")]);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a\nc");
+        apply_files(&[file(FileOp::Overwrite, "d")]);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "d");
+        let missing = apply_files(&[File {
+            path: dir.join("none").to_string_lossy().into_owned(),
+            ..file(FileOp::Overwrite, "x")
+        }]);
+        assert!(missing[0].1.is_some(), "overwrite needs an existing file");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -229,6 +229,12 @@ fn varint(bytes: &[u8]) -> Option<(u64, usize)> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_cni_directories_are_the_ones_the_builder_lays_out() {
+        use crate::protocol::{CNI_BIN_DIR, CNI_CONF_DIR};
+        assert!(CONFIG_TEXT.contains(&format!("bin_dir = \"{CNI_BIN_DIR}\"")));
+        assert!(CONFIG_TEXT.contains(&format!("conf_dir = \"{CNI_CONF_DIR}\"")));
+    }
     use super::*;
 
     #[test]
