@@ -292,10 +292,22 @@ fn real_talos_manifest_builds_into_an_initramfs_layer() {
     let qga = squashfs_paths(&dir.join("node-arm64.ext-qemu-guest-agent.sqsh"));
     for path in [
         "/usr/local/etc/containers/qemu-guest-agent.yaml",
-        "/usr/local/etc/containers/qemu-guest-agent.machined",
         "/usr/local/lib/containers/qemu-guest-agent/usr/sbin/qemu-ga",
-        "/usr/local/lib/containers/qemu-guest-agent/dev",
+        "/usr/local/lib/containers/qemu-guest-agent/qemu-ga",
+        "/usr/local/lib/containers/qemu-guest-agent/etc/qemu/qemu-ga.conf",
     ] {
         assert!(qga.iter().any(|p| p == path), "qemu-guest-agent layer lacks {path}");
+    }
+    // Talos's iscsid.yaml runs /usr/local/sbin/iscsid with glibc from the node and its own libraries
+    // named by the root's ld.so.cache; the per-node initiator name is machined's to write.
+    let iscsi = squashfs_paths(&dir.join("node-arm64.ext-iscsi-tools.sqsh"));
+    for path in [
+        "/usr/local/etc/containers/iscsid.yaml",
+        "/usr/local/sbin/iscsid",
+        "/usr/local/lib/containers/iscsid/usr/sbin/iscsid",
+        "/usr/local/lib/containers/iscsid/etc/ld.so.cache",
+        "/usr/local/etc/machined/create-files/iscsi-tools.yaml",
+    ] {
+        assert!(iscsi.iter().any(|p| p == path), "iscsi-tools layer lacks {path}");
     }
 }

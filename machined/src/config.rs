@@ -236,7 +236,10 @@ pub fn parse(text: &str) -> Checked<MachineConfig> {
                 other => return invalid("machine.sysctls", format!("key {} is not a sysctl name", show(other))),
             };
             let field = format!("machine.sysctls.{name}");
-            if name.is_empty() || name.contains("..") || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c)) {
+            if name.is_empty()
+                || name.contains("..")
+                || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c))
+            {
                 return invalid(&field, "not a sysctl name (like net.ipv4.ip_forward)");
             }
             let value = match value {
@@ -322,7 +325,10 @@ fn file(value: &Value, field: &str, ignored: &mut Vec<String>) -> Checked<File> 
         None => return invalid(&format!("{field}.path"), "missing"),
     };
     if !crate::parse::is_clean_abs_path(&path) || !path.starts_with("/var/") {
-        return invalid(&format!("{field}.path"), format!("{path:?} must be a clean path under /var/ (the root is read-only)"));
+        return invalid(
+            &format!("{field}.path"),
+            format!("{path:?} must be a clean path under /var/ (the root is read-only)"),
+        );
     }
     let content = string(map.get("content"), &format!("{field}.content"))?.unwrap_or_default();
     // YAML 1.2 reads 0644 as 644 and Talos (Go, YAML 1.1) as octal: only unambiguous spellings are taken.
@@ -475,7 +481,10 @@ cluster:
         assert_eq!(eth0.routes[0].gateway, Some(Ipv4Addr::new(10, 0, 2, 2)));
         assert_eq!(eth0.routes[0].metric, 1024);
         assert_eq!(config.time_servers, ["10.0.2.2", "time.example.org"]);
-        assert_eq!(config.sysctls, [("net.core.somaxconn".into(), "65535".into()), ("vm.swappiness".into(), "1".into())]);
+        assert_eq!(
+            config.sysctls,
+            [("net.core.somaxconn".into(), "65535".into()), ("vm.swappiness".into(), "1".into())]
+        );
         assert_eq!(config.files[0].permissions, 0o600);
         assert_eq!(config.files[0].op, FileOp::Overwrite);
         assert_eq!(config.ignored, ["cluster", "debug", "machine.kubelet", "machine.token"]);

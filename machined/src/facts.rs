@@ -2,6 +2,8 @@
 //! supervisor starts a service once every one of its dependencies holds. machined fills it each
 //! round of its loop from the network state, the machine config and containerd's answer.
 
+use crate::service_spec::NetworkCheck;
+
 /// The `depends: network` conditions Talos names.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NetworkFacts {
@@ -24,4 +26,16 @@ pub struct Facts {
     pub configuration: bool,
     /// The clock was set from an NTP server (`depends: time`).
     pub time_synced: bool,
+}
+
+impl Facts {
+    /// Whether one `depends: network` condition holds.
+    pub fn network_holds(&self, check: NetworkCheck) -> bool {
+        match check {
+            NetworkCheck::Addresses => self.network.addresses,
+            NetworkCheck::Connectivity => self.network.connectivity,
+            NetworkCheck::Hostname => self.network.hostname,
+            NetworkCheck::Etcfiles => self.network.etcfiles,
+        }
+    }
 }

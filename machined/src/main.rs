@@ -4,8 +4,9 @@
 //! /etc/machined/modules, mounts /rootfs.sqsh read-only (with the system extensions' layers over it as
 //! a read-only overlayfs) and switches into it. Then it makes the node: cgroup v2 with system/ and
 //! kubepods/, the scratch disk encrypted under a RAM-only key and formatted on /var, device links,
-//! containerd and the extension services, supervised. Once containerd answers and the services are up
-//! it reports one `MACHINED-STATUS {json}` line on the console. With `machined.smoke=1` on the kernel
+//! machined's API socket on /system, containerd and the extension services (read from Talos's spec
+//! files as they are), supervised. Once containerd answers and the services are up (or wait for
+//! nothing on its way) it reports one `MACHINED-STATUS {json}` line on the console. With `machined.smoke=1` on the kernel
 //! command line it shuts down right after; otherwise it waits for the ACPI power button or
 //! SIGTERM/SIGINT/SIGPWR/SIGUSR2, supervising meanwhile (node.rs), then stops the services, closes the
 //! scratch disk (the key dies with it) and powers off. Any failure prints `MACHINED-FATAL: ...` and
@@ -16,6 +17,9 @@
 //! (xtask/src/initramfs/machined.rs), statically linked. Its few dependencies are named, with why, in
 //! machined/Cargo.toml; the older system calls are still declared by hand in `sys`.
 //!
+//! Run under another name (a service binding /sbin/init as /sbin/shutdown), it is that applet
+//! (applet.rs) instead.
+//!
 //! `no_main`: std's runtime start aborts when fds 0-2 are closed and /dev/null cannot be opened, which
 //! is exactly an initramfs whose kernel found no /dev/console. Starting from the C `main` lets machined
 //! mount devtmpfs and open the console itself instead.
@@ -23,6 +27,7 @@
 #![cfg_attr(not(test), no_main)]
 #![cfg_attr(test, allow(dead_code, unused_imports))]
 
+mod applet;
 mod cgroups;
 mod config;
 mod console;
@@ -33,6 +38,7 @@ mod dm;
 mod facts;
 mod fallible;
 mod json;
+mod machine_api;
 mod modules;
 mod node;
 mod parse;
@@ -40,9 +46,12 @@ mod parse;
 mod protocol;
 mod root;
 mod scratch;
+mod service_root;
+mod service_spec;
 mod services;
 mod status;
 mod sys;
+mod writable;
 
 use fallible::{Context, Fallible};
 use node::Node;
@@ -58,8 +67,15 @@ const EROFS: i32 = 30;
 
 #[cfg(not(test))]
 #[no_mangle]
-pub extern "C" fn main(_argc: c_int, _argv: *const *const std::os::raw::c_char) -> c_int {
+pub extern "C" fn main(argc: c_int, argv: *const *const std::os::raw::c_char) -> c_int {
     let init_start = sys::boot_ms();
+    // SAFETY: the C runtime passes argc NUL-terminated strings in argv.
+    let args: Vec<String> = (0..argc.max(0) as usize)
+        .map(|i| unsafe { std::ffi::CStr::from_ptr(*argv.add(i)) }.to_string_lossy().into_owned())
+        .collect();
+    if let Some(status) = applet::dispatch(&args) {
+        return status;
+    }
     // SAFETY: getpid has no preconditions.
     if unsafe { sys::getpid() } != 1 {
         let _ = sys::write_all_fd(
@@ -82,7 +98,7 @@ pub extern "C" fn main(_argc: c_int, _argv: *const *const std::os::raw::c_char) 
         }
         Ok(Some((mut node, smoke))) => {
             if smoke {
-                node.shutdown("smoke")
+                node.shutdown("smoke", machine_api::PowerAction::PowerOff)
             }
             node.run()
         }
@@ -152,6 +168,10 @@ fn boot(init_start: u64, sigmask: &sys::sigset_t) -> Fallible<Option<(Node, bool
         }
     }
     milestones.push(("scratch_ready", sys::boot_ms()));
+    writable::mount_writable_dirs()?;
+    // Before any service starts: Talos's specs depend on the socket's path.
+    let api = machine_api::Api::listen()?;
+    services::create_node_files();
 
     // containerd first: it takes longest to answer.
     let mut supervisor = Supervisor::new()?;
@@ -162,13 +182,14 @@ fn boot(init_start: u64, sigmask: &sys::sigset_t) -> Fallible<Option<(Node, bool
         ContainerdStatus::Missing
     };
     supervisor.add_extension_services(extension_services);
-    supervisor.tick();
+    // containerd has not answered yet: nothing is known.
+    supervisor.tick(&facts::Facts::default());
     milestones.push(("services_started", sys::boot_ms()));
 
     let modules = modules.finish()?;
     milestones.push(("modules_loaded", sys::boot_ms()));
 
-    let mut node = Node::new(sigmask, supervisor, scratch, containerd_state)?;
+    let mut node = Node::new(sigmask, supervisor, api, scratch, containerd_state)?;
     let ready = node.wait_until_ready(&mut milestones);
     let mounts = fs::read_to_string("/proc/self/mounts").ctx(|| "read /proc/self/mounts".into())?;
     let (root_read_only, root_write_errno) = probe_root_write();
@@ -192,7 +213,8 @@ fn boot(init_start: u64, sigmask: &sys::sigset_t) -> Fallible<Option<(Node, bool
             .map(|e| ExtensionStatus { name: e.name.clone(), version: e.version.clone() })
             .collect(),
         containerd: node.containerd_status(),
-        services: node.supervisor.summaries(),
+        services: node.supervisor.summaries(&node.facts()),
+        facts: node.facts(),
         scratch: status::scratch_json(&node.scratch),
         shells_found: contents.shells,
         shells_checked: contents.checked,

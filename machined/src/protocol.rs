@@ -1,7 +1,7 @@
 //! The wire contract between the image and the host that builds and tests it, written once: the
 //! console lines machined prints (boot-test and bench read them), the kernel arguments it obeys, and
 //! the files the image builder lays out for it. xtask and the integration tests include this file
-//! (`#[path]`), so it holds only constants, depends on nothing, and stays valid for rustc 1.63.
+//! (`#[path]`), so it holds only constants, and depends on nothing.
 
 /// Prefix of the one line machined prints when the node is up: `MACHINED-STATUS {json}`.
 pub const STATUS: &str = "MACHINED-STATUS ";
@@ -46,7 +46,23 @@ pub const EXTENSION_IMAGES: &str = "/extensions";
 
 /// Extension service roots on the node: `<SERVICE_ROOTS>/<name>` (as in Talos).
 pub const SERVICE_ROOTS: &str = "/usr/local/lib/containers";
-/// Extension service specs on the node: `<SERVICE_SPECS>/<name>.yaml` (Talos's) and the builder's
-/// translation `<name>.machined`, one `key=value` per line.
+/// Extension service specs on the node: `<SERVICE_SPECS>/<name>.yaml`, Talos's format, read by
+/// machined as they are (service_spec.rs).
 pub const SERVICE_SPECS: &str = "/usr/local/etc/containers";
-pub const SERVICE_SUFFIX: &str = "machined";
+/// The files an extension asks machined to create on each node before its services start (its
+/// packages.toml `create-file`): `<CREATE_FILES>/<extension>.yaml`, a YAML list of `{path, content}`,
+/// where `{random}` in the content stands for 32 random hex digits. Talos reads nothing here.
+pub const CREATE_FILES: &str = "/usr/local/etc/machined/create-files";
+/// Directories of the read-only root that machined makes writable at boot (a tmpfs-backed overlay
+/// over the image's contents), so per-node files can live where programs expect them. The image
+/// keeps an (empty) directory for each.
+pub const WRITABLE_DIRS: [&str; 1] = ["/etc/iscsi"];
+
+/// machined's own tmpfs, as in Talos (`/system`), and the API socket on it that extension services
+/// bind (Talos's qemu-guest-agent.yaml depends on it; /sbin/init's `shutdown` applet talks to it).
+pub const SYSTEM_DIR: &str = "/system";
+pub const MACHINE_SOCKET: &str = "/system/run/machined/machine.sock";
+/// Where the root holds machined itself, so a service can bind it as `/sbin/shutdown` (Talos's
+/// qemu-guest-agent.yaml binds `/sbin/init` there): the image keeps an empty file that machined
+/// bind-mounts its own binary over.
+pub const INIT_IN_ROOT: &str = "/usr/sbin/init";

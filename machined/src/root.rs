@@ -5,7 +5,7 @@
 use crate::devices::wait_for_path;
 use crate::fallible::{Context, Fallible};
 use crate::parse::{self, ExtensionLayer};
-use crate::protocol::{EXTENSION_LIST, ROOT_IMAGE};
+use crate::protocol::{EXTENSION_LIST, INIT, INIT_IN_ROOT, ROOT_IMAGE};
 use crate::sys;
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -154,6 +154,14 @@ fn prepare_new_root() -> Fallible<()> {
         let target = format!("{NEW_ROOT}{dir}");
         sys::do_mount(Some(dir), &target, None, sys::MS_MOVE, None)
             .ctx(|| format!("move {dir} to {target}{}", dir_missing(dir)))?;
+    }
+    // The root's /sbin/init is machined itself, read-only: a service binding it gets machined's
+    // applets (Talos's qemu-guest-agent.yaml binds it as /sbin/shutdown).
+    let init = format!("{NEW_ROOT}{INIT_IN_ROOT}");
+    if Path::new(&init).is_file() {
+        sys::do_mount(Some(INIT), &init, None, sys::MS_BIND, None).ctx(|| format!("bind {INIT} on {init}"))?;
+        sys::do_mount(None, &init, None, sys::MS_REMOUNT | sys::MS_BIND | sys::MS_RDONLY, None)
+            .ctx(|| format!("make {init} read-only"))?;
     }
     Ok(())
 }

@@ -183,7 +183,13 @@ fn compile(crate_dir: &Path, arch: Arch, scratch: &Path) -> Result<PathBuf> {
         .env("CARGO_INCREMENTAL", "0")
         .dir(root);
     // Whatever the caller's environment says about flags and wrappers must not reach the image.
-    for var in ["RUSTFLAGS", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "CARGO_BUILD_RUSTFLAGS", "CARGO_PROFILE_IMAGE_OPT_LEVEL"] {
+    for var in [
+        "RUSTFLAGS",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_PROFILE_IMAGE_OPT_LEVEL",
+    ] {
         build = build.env_remove(var);
     }
     build.run().with_context(|| format!("compiling machined for {arch}"))?;

@@ -5,6 +5,7 @@
 use super::overlay;
 use super::policy::{self, Policy};
 use crate::archive::deb;
+use crate::spec::protocol::{INIT_IN_ROOT, SYSTEM_DIR, WRITABLE_DIRS};
 use crate::spec::{Arch, ImageSpec};
 use crate::util::progress;
 use crate::util::tree::Provenance;
@@ -14,7 +15,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 /// Mount points machined needs in the read-only root; they must exist because nothing can create them
-/// at run time.
+/// at run time. Besides these: /system (machined's tmpfs), the writable directories, and the file
+/// machined binds itself over (protocol.rs).
 const MOUNT_POINTS: [&str; 8] = ["proc", "sys", "dev", "run", "tmp", "var", "mnt", "etc"];
 
 /// A package to install: its name (for errors and provenance) and the verified .deb in the cache.
@@ -67,12 +69,18 @@ pub fn assemble(
         deb::unpack(input.deb, input.name, root, &mut provenance)
             .with_context(|| format!("unpacking {} ({})", input.name, input.deb.display()))?;
     }
-    for dir in MOUNT_POINTS {
+    let writable = WRITABLE_DIRS.iter().map(|d| d.trim_start_matches('/'));
+    for dir in MOUNT_POINTS.into_iter().chain([SYSTEM_DIR.trim_start_matches('/')]).chain(writable) {
         let path = root.join(dir);
         if !path.is_dir() {
-            fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+            fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
             fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
         }
+    }
+    let init = root.join(INIT_IN_ROOT.trim_start_matches('/'));
+    if fs::symlink_metadata(&init).is_err() {
+        fs::write(&init, b"").with_context(|| format!("creating {}", init.display()))?;
+        fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
     }
     // /tmp is a tmpfs at run time; the mount point keeps the usual sticky mode.
     fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777))?;
