@@ -29,6 +29,7 @@
 
 mod applet;
 mod cgroups;
+#[allow(dead_code)] // the machine config's parser; its caller comes with the network and config work
 mod config;
 mod console;
 mod containerd;
@@ -67,6 +68,8 @@ const EROFS: i32 = 30;
 
 #[cfg(not(test))]
 #[no_mangle]
+// The C runtime calls it with argc valid strings in argv; nothing else does.
+#[allow(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn main(argc: c_int, argv: *const *const std::os::raw::c_char) -> c_int {
     let init_start = sys::boot_ms();
     // SAFETY: the C runtime passes argc NUL-terminated strings in argv.

@@ -125,7 +125,7 @@ impl Node {
         if !matches!(self.containerd, ContainerdStatus::NotAnswering { .. }) {
             return;
         }
-        let due = self.last_probe.map_or(true, |t| t.elapsed() >= Duration::from_millis(100));
+        let due = self.last_probe.is_none_or(|t| t.elapsed() >= Duration::from_millis(100));
         if !due || self.supervisor.pid_of("containerd").is_none() || !containerd::socket_accepts() {
             return;
         }
@@ -150,7 +150,7 @@ impl Node {
     /// service output, handles it, reaps children, and starts services that are due. Shuts down
     /// (never returns) on a shutdown request.
     fn turn(&mut self, max_wait: Duration) {
-        if self.last_input_scan.map_or(true, |t| t.elapsed() >= Duration::from_secs(1)) {
+        if self.last_input_scan.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
             scan_inputs(&mut self.inputs);
             self.last_input_scan = Some(Instant::now());
         }

@@ -140,13 +140,6 @@ pub struct Mount {
     pub data: Vec<String>,
 }
 
-impl Mount {
-    /// Whether the mount ends up read-only (the last of ro/rw wins; rw by default).
-    pub fn read_only(&self) -> bool {
-        self.flags.iter().rev().find(|(f, _)| *f == Flag::ReadOnly).is_some_and(|(_, set)| *set)
-    }
-}
-
 /// `container.security`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Security {
@@ -577,7 +570,7 @@ impl Reader<'_> {
                     }
                     None => None,
                 },
-                "network" => self.strings(value, &field).and_then(|names| {
+                "network" => self.strings(value, &field).map(|names| {
                     let mut checks = Vec::new();
                     for (j, name) in names.iter().enumerate() {
                         match NetworkCheck::ALL.iter().find(|(n, _)| n == name) {
@@ -591,7 +584,7 @@ impl Reader<'_> {
                     if names.is_empty() {
                         self.error(&field, "an empty list waits for nothing: name what to wait for".to_string());
                     }
-                    Some(Dependency::Network(checks))
+                    Dependency::Network(checks)
                 }),
                 _ => match self.boolean(value, &field) {
                     Some(true) if kind == "time" => Some(Dependency::Time),
@@ -833,7 +826,8 @@ logToConsole: true
         assert_eq!(c.security.rootfs_propagation, Some((Propagation::Shared, false)));
         assert_eq!(c.security.masked_paths, Some(vec![]), "[] is not the same as absent");
         assert_eq!(c.security.readonly_paths, None);
-        assert!(c.mounts[0].bind && c.mounts[0].recursive && !c.mounts[0].read_only());
+        assert!(c.mounts[0].bind && c.mounts[0].recursive);
+        assert_eq!(c.mounts[0].flags, [(Flag::ReadOnly, false)]);
         assert_eq!(c.mounts[0].propagation, [(Propagation::Shared, true)]);
         assert!(!c.mounts[1].bind);
         assert_eq!(c.mounts[1].data, ["mode=0755", "size=1m"]);
@@ -1010,7 +1004,8 @@ logToConsole: true
         assert_eq!(iscsid.depends[0], Dependency::Service("cri".into()));
         let agent = spec("guest-agents/qemu-guest-agent/qemu-guest-agent.yaml");
         assert_eq!(agent.container.entrypoint, "./qemu-ga");
-        assert!(agent.container.mounts[3].read_only() && !agent.container.mounts[0].read_only());
+        assert_eq!(agent.container.mounts[3].flags, [(Flag::ReadOnly, true)]);
+        assert_eq!(agent.container.mounts[0].flags, [(Flag::ReadOnly, false)]);
         assert_eq!(spec("storage/zfs/zfs-service.yaml").restart, Restart::UntilSuccess);
         assert!(spec("guest-agents/metal-agent/metal-agent.yaml").log_to_console);
     }

@@ -5,7 +5,9 @@
 //!    blank scratch disk, the guest agent's virtio-serial port and a virtio entropy source.
 //! 2. The console is watched until machined's status line (a failure or timeout ends it early).
 //! 3. From the host: the guest agent answers guest-ping and guest-info (when the image runs it).
-//! 4. The ACPI power button (QMP system_powerdown), and QEMU's exit.
+//! 4. Shutdown, and QEMU's exit: through the guest agent's guest-shutdown when it answered (qemu-ga
+//!    runs /sbin/shutdown, machined's applet, which asks machined over its API socket), else the
+//!    ACPI power button (QMP system_powerdown).
 //! 5. The scratch disk image is scanned for the marker machined wrote to /var.
 //! 6. The verdict (verdict.rs) judges all of it at once: status, console, agent, scratch.
 //!
@@ -30,7 +32,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use verdict::{Evidence, GuestAgentReport, ScratchReport, Status};
+use verdict::{Evidence, GuestAgentReport, ScratchReport, ShutdownRequest, Status};
 
 /// How to boot.
 #[derive(Clone, Copy, Debug)]
@@ -48,7 +50,10 @@ pub struct BootReport {
     pub ready_secs: f64,
     /// Seconds from QEMU start until the guest agent had answered guest-ping and guest-info.
     pub guest_agent_secs: Option<f64>,
-    /// Seconds from the power-button press to QEMU's exit.
+    /// The shutdown reason machined reported, as requested: `machine-api-poweroff` (guest-shutdown through
+    /// the guest agent) or `power-button`.
+    pub shutdown: String,
+    /// Seconds from the shutdown request to QEMU's exit.
     pub poweroff_secs: f64,
     pub status: Status,
     /// The guest agent's answers, when the image has the qemu-guest-agent service.
@@ -116,11 +121,23 @@ pub fn boot_test(ws: &Workspace, board: &Board, options: &BootOptions) -> Result
         _ => (None, None),
     };
 
-    // 4. Power button.
-    step.set_message("pressing the power button");
+    // 4. Shutdown.
     let pressed = Instant::now();
-    let mut qmp = Qmp::connect(&machine.qmp_socket, Duration::from_secs(5))?;
-    qmp.execute("system_powerdown")?;
+    let shutdown = match (&devices.guest_agent_socket, &guest_agent) {
+        (Some(socket), Some(Ok(_))) => {
+            step.set_message("shutting down through the guest agent");
+            let mut agent = GuestAgent::connect(socket, Duration::from_secs(5))?;
+            agent.sync(GUEST_AGENT_LIMIT)?;
+            agent.send("guest-shutdown", serde_json::json!({"mode": "powerdown"}))?;
+            ShutdownRequest::GuestAgent
+        }
+        _ => {
+            step.set_message("pressing the power button");
+            let mut qmp = Qmp::connect(&machine.qmp_socket, Duration::from_secs(5))?;
+            qmp.execute("system_powerdown")?;
+            ShutdownRequest::PowerButton
+        }
+    };
     let exited = qemu.wait_timeout(POWEROFF_LIMIT)?;
     let poweroff = pressed.elapsed();
     step.done();
@@ -128,7 +145,7 @@ pub fn boot_test(ws: &Workspace, board: &Board, options: &BootOptions) -> Result
     if exited.is_none() {
         qemu.kill();
         bail!(
-            "{}: the machine did not power off within {} s of the ACPI power button; console tail:\n{}",
+            "{}: the machine did not power off within {} s of the shutdown request ({shutdown:?}); console tail:\n{}",
             board.name,
             POWEROFF_LIMIT.as_secs(),
             crate::util::cmd::tail(&log, 30)
@@ -161,6 +178,7 @@ pub fn boot_test(ws: &Workspace, board: &Board, options: &BootOptions) -> Result
         log_path: &machine.serial_log,
         guest_agent: guest_agent.as_ref(),
         scratch: scratch.as_ref(),
+        shutdown,
     };
     let proven = verdict::judge(&evidence, &manifest, board)?;
     Ok(BootReport {
@@ -168,6 +186,7 @@ pub fn boot_test(ws: &Workspace, board: &Board, options: &BootOptions) -> Result
         accel,
         ready_secs: ready.as_secs_f64(),
         guest_agent_secs,
+        shutdown: shutdown.reason().to_string(),
         poweroff_secs: poweroff.as_secs_f64(),
         status,
         guest_agent: guest_agent.and_then(Result::ok),

@@ -52,6 +52,9 @@ pub struct Status {
     pub world_writable_found: Option<Vec<String>>,
     #[serde(default)]
     pub cgroups: serde_json::Value,
+    /// What the services' dependencies were judged against (`cri`, `network.*`, `configuration`, `time`).
+    #[serde(default)]
+    pub facts: serde_json::Value,
     #[serde(default)]
     pub milestones_ms: serde_json::Value,
     #[serde(flatten)]
@@ -76,6 +79,52 @@ pub struct ServiceStatus {
     /// Namespaces it does not share with machined.
     #[serde(default)]
     pub namespaces: Vec<String>,
+    /// For a waiting service, what does not hold yet (`network.connectivity`, `path /x`, `service cri`).
+    #[serde(default)]
+    pub waiting_for: Vec<String>,
+    /// Why it is invalid, or why its last start failed.
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// `console`, or the file its output goes to.
+    #[serde(default)]
+    pub log: String,
+    #[serde(default)]
+    pub log_tail: Vec<String>,
+}
+
+impl Status {
+    /// Whether the status reports the fact a service waits for (`network.connectivity`,
+    /// `configuration`, `time`) as not reached: a wait the node has not promised to end.
+    fn fact_missing(&self, waited: &str) -> bool {
+        let fact = match waited.split_once('.') {
+            Some(("network", check)) => self.facts.get("network").and_then(|n| n.get(check)),
+            None if waited == "configuration" || waited == "time" => self.facts.get(waited),
+            _ => None,
+        };
+        fact.and_then(|f| f.as_bool()) == Some(false)
+    }
+}
+
+/// How boot-test asked the node to shut down, and the reason machined must then report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShutdownRequest {
+    /// The ACPI power button (QMP system_powerdown).
+    PowerButton,
+    /// The guest agent's guest-shutdown: qemu-ga runs /sbin/shutdown, machined's applet, which asks
+    /// machined over its API socket.
+    GuestAgent,
+}
+
+impl ShutdownRequest {
+    /// The start of the reason in machined's `MACHINED-SHUTDOWN reason=...` line.
+    pub fn reason(self) -> &'static str {
+        match self {
+            ShutdownRequest::PowerButton => "power-button",
+            ShutdownRequest::GuestAgent => "machine-api-poweroff",
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -124,6 +173,7 @@ pub struct Evidence<'a> {
     pub guest_agent: Option<&'a Result<GuestAgentReport, String>>,
     /// None when the board has no scratch disk.
     pub scratch: Option<&'a ScratchReport>,
+    pub shutdown: ShutdownRequest,
 }
 
 /// What a passing boot proved, beyond the status itself.
@@ -148,8 +198,12 @@ pub fn judge(evidence: &Evidence, manifest: &Manifest, board: &Board) -> Result<
         Some(Ok(_)) | None => {}
     }
 
-    if !evidence.log.contains(SHUTDOWN) {
-        problems.push(format!("QEMU exited without machined's {SHUTDOWN} line"));
+    let wanted = format!("{SHUTDOWN} reason={}", evidence.shutdown.reason());
+    match evidence.log.lines().find(|l| l.starts_with(SHUTDOWN)) {
+        None => problems.push(format!("QEMU exited without machined's {SHUTDOWN} line")),
+        Some(line) if !line.starts_with(&wanted) => problems
+            .push(format!("asked to shut down by {:?}, machined reported {line:?}, not {wanted:?}", evidence.shutdown)),
+        Some(_) => {}
     }
     if let Err(e) = scan_for_failures(evidence.log, evidence.log_path) {
         problems.push(format!("{e:#}"));
@@ -269,8 +323,19 @@ fn status_problems(status: &Status, manifest: &Manifest, board: &Board, problems
         problems.push("containerd is not among the supervised services".to_string());
     }
     for svc in &status.services {
-        if svc.state != "running" {
-            problems.push(format!("service {} is {:?}, not running", svc.name, svc.state));
+        // Waiting is as good as running only for facts the node reports unreached (e.g. the network,
+        // until it is configured); any other wait, or any other state, disproves the image.
+        let waits_for_facts = svc.state == "waiting"
+            && !svc.waiting_for.is_empty()
+            && svc.waiting_for.iter().all(|w| status.fact_missing(w));
+        if svc.state != "running" && !waits_for_facts {
+            let detail = [
+                (!svc.waiting_for.is_empty()).then(|| format!("waiting for {}", svc.waiting_for.join(", "))),
+                svc.error.clone(),
+            ];
+            let detail: Vec<String> = detail.into_iter().flatten().collect();
+            let detail = if detail.is_empty() { String::new() } else { format!(" ({})", detail.join("; ")) };
+            problems.push(format!("service {} is {:?}, not running{detail}", svc.name, svc.state));
         }
         if svc.state == "running" && svc.pid.is_none() {
             problems.push(format!("service {} is running without a pid", svc.name));
@@ -292,6 +357,13 @@ fn status_problems(status: &Status, manifest: &Manifest, board: &Board, problems
         if svc.restarts > 0 {
             problems
                 .push(format!("service {} was restarted {} times before the node was ready", svc.name, svc.restarts));
+        }
+    }
+    // The extensions' services (Talos's specs, unchanged) are supervised.
+    for (extension, service) in [("qemu-guest-agent", "qemu-guest-agent"), ("iscsi-tools", "iscsid")] {
+        let loaded = manifest.extensions.iter().any(|e| e.name == extension);
+        if loaded && !status.services.iter().any(|s| s.name == service) {
+            problems.push(format!("the {extension} extension is loaded but machined does not supervise {service}"));
         }
     }
     if manifest.extensions.iter().any(|e| e.name == "qemu-guest-agent")
@@ -368,7 +440,7 @@ mod tests {
         serde_json::from_value(serde_json::json!({
             "image": "node", "version": "1", "arch": "arm64", "board": "qemu-arm64", "source_date_epoch": 0,
             "lock_sha256": "", "kernel": "6.1", "cmdline": "console=ttyAMA0 panic=-1",
-            "extensions": [{"name": "qemu-guest-agent", "version": "7.2"}],
+            "extensions": [{"name": "qemu-guest-agent", "version": "7.2"}, {"name": "iscsi-tools", "version": "2.1"}],
             "artifacts": [{"file": "node-arm64.raw", "size": 1, "sha256": "00"}],
         }))
         .unwrap()
@@ -380,13 +452,17 @@ mod tests {
             "arch": "arm64", "image": "node", "version": "1", "kernel": "6.1", "root_fstype": "overlay",
             "root_read_only": true, "root_write_errno": 30, "ready": true,
             "cmdline": "console=ttyAMA0 panic=-1 slab_nomerge init_on_free=1 module.sig_enforce=1 machined.scratch-serial=x",
-            "extensions": [{"name": "qemu-guest-agent", "version": "7.2"}],
+            "extensions": [{"name": "qemu-guest-agent", "version": "7.2"}, {"name": "iscsi-tools", "version": "2.1"}],
             "containerd": {"version": "1.6.20"},
             "services": [
                 {"name": "containerd", "pid": 5, "restarts": 0, "state": "running", "cgroup": "/system/containerd", "namespaces": []},
                 {"name": "qemu-guest-agent", "pid": 6, "restarts": 0, "state": "running",
                  "cgroup": "/system/qemu-guest-agent", "namespaces": ["mnt", "pid", "ipc", "uts"]},
+                {"name": "iscsid", "pid": null, "restarts": 0, "state": "waiting",
+                 "waiting_for": ["network.addresses", "network.connectivity"]},
             ],
+            "facts": {"cri": true, "network": {"addresses": false, "connectivity": false, "hostname": false,
+                      "etcfiles": false}, "configuration": false, "time": false},
             "scratch": {"device": "/dev/vdb", "mapped": "/dev/dm-0", "fstype": "ext4", "marker": MARKER},
             "shells_found": [], "shells_checked": 2000, "setid_found": [], "world_writable_found": [],
             "cgroups": {"system": "/sys/fs/cgroup/system", "kubepods": "/sys/fs/cgroup/kubepods"},
@@ -411,12 +487,23 @@ mod tests {
         agent: Option<Result<GuestAgentReport, String>>,
         scratch: ScratchReport,
     ) -> Result<Proven> {
+        verdict_after(status, log, agent, scratch, ShutdownRequest::PowerButton)
+    }
+
+    fn verdict_after(
+        status: &Status,
+        log: &str,
+        agent: Option<Result<GuestAgentReport, String>>,
+        scratch: ScratchReport,
+        shutdown: ShutdownRequest,
+    ) -> Result<Proven> {
         let evidence = Evidence {
             status,
             log,
             log_path: Path::new("boot.log"),
             guest_agent: agent.as_ref(),
             scratch: Some(&scratch),
+            shutdown,
         };
         judge(&evidence, &manifest(), &board())
     }
@@ -443,7 +530,7 @@ mod tests {
         assert!(err.contains("in plain text"), "{err}");
         let err = fails(&status(), LOG, agent(false), ScratchReport::new(MARKER, &findings(0, None, None)));
         assert!(err.contains("all zeros"), "{err}");
-        let err = fails(&status(), "MACHINED-SHUTDOWN\n", agent(false), clean());
+        let err = fails(&status(), "MACHINED-SHUTDOWN reason=power-button\n", agent(false), clean());
         assert!(err.contains("closing the scratch disk"), "{err}");
         let err = fails(&status(), "MACHINED-SCRATCH-CLOSED\n", agent(false), clean());
         assert!(err.contains("without machined's MACHINED-SHUTDOWN"), "{err}");
@@ -473,5 +560,56 @@ mod tests {
         ] {
             assert!(err.contains(wanted), "{wanted:?} missing from:\n{err}");
         }
+    }
+
+    /// A service may wait only for facts the node reports unreached; each check is shown to fire.
+    #[test]
+    fn services_waiting_for_unreached_facts_pass_and_nothing_else_does() {
+        let clean = || ScratchReport::new(MARKER, &findings(5000, None, None));
+        let fails = |status: &Status| format!("{:#}", verdict(status, LOG, agent(false), clean()).unwrap_err());
+        let mut reached = status();
+        reached.facts["network"]["connectivity"] = serde_json::json!(true);
+        let err = fails(&reached);
+        assert!(
+            err.contains(
+                "service iscsid is \"waiting\", not running (waiting for network.addresses, network.connectivity)"
+            ),
+            "{err}"
+        );
+        let mut on_path = status();
+        on_path.services[2].waiting_for = vec!["path /etc/iscsi/initiatorname.iscsi".into()];
+        assert!(fails(&on_path).contains("waiting for path /etc/iscsi/initiatorname.iscsi"));
+        let mut nothing = status();
+        nothing.services[2].waiting_for.clear();
+        assert!(fails(&nothing).contains("service iscsid is \"waiting\""));
+        let mut invalid = status();
+        invalid.services[2].state = "invalid".into();
+        invalid.services[2].error = Some("x.yaml:3: field `restart`: bad".into());
+        assert!(fails(&invalid).contains(
+            "service iscsid is \"invalid\", not running (waiting for network.addresses, network.connectivity; x.yaml:3"
+        ));
+        let mut gone = status();
+        gone.services.pop();
+        assert!(fails(&gone).contains("the iscsi-tools extension is loaded but machined does not supervise iscsid"));
+    }
+
+    /// The shutdown boot-test asked for is the one machined reports; each mismatch is caught.
+    #[test]
+    fn the_shutdown_reason_matches_the_request() {
+        let clean = || ScratchReport::new(MARKER, &findings(5000, None, None));
+        let api_log = "MACHINED-SHUTDOWN reason=machine-api-poweroff (hypervisor initiated shutdown)\nMACHINED-SCRATCH-CLOSED ok\n";
+        verdict_after(&status(), api_log, agent(false), clean(), ShutdownRequest::GuestAgent).unwrap();
+        let err = format!(
+            "{:#}",
+            verdict_after(&status(), LOG, agent(false), clean(), ShutdownRequest::GuestAgent).unwrap_err()
+        );
+        assert!(
+            err.contains(
+                "asked to shut down by GuestAgent, machined reported \"MACHINED-SHUTDOWN reason=power-button\""
+            ),
+            "{err}"
+        );
+        let err = format!("{:#}", verdict(&status(), api_log, agent(false), clean()).unwrap_err());
+        assert!(err.contains("not \"MACHINED-SHUTDOWN reason=power-button\""), "{err}");
     }
 }
