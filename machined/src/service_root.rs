@@ -23,7 +23,7 @@ use crate::sys;
 use std::fs;
 use std::io;
 use std::os::raw::{c_int, c_ulong};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 /// A failed step: reported on the child's output (the service's log), and passed on so the parent's
 /// spawn fails with it.
@@ -77,42 +77,8 @@ pub fn mount_flags(mount: &Mount) -> c_ulong {
 /// were `/`: absolute targets restart at `root`, `..` never climbs above it. Components that do not
 /// exist yet are kept as they are.
 pub fn resolve_in(root: &Path, path: &str) -> io::Result<PathBuf> {
-    let mut pending: Vec<String> = path.split('/').filter(|p| !p.is_empty()).rev().map(String::from).collect();
-    let mut here: Vec<String> = Vec::new();
-    let mut hops = 0;
-    while let Some(part) = pending.pop() {
-        match part.as_str() {
-            "." => continue,
-            ".." => {
-                here.pop();
-                continue;
-            }
-            _ => here.push(part),
-        }
-        let at = here.iter().fold(root.to_path_buf(), |p, c| p.join(c));
-        let Ok(meta) = fs::symlink_metadata(&at) else { continue };
-        if meta.file_type().is_symlink() {
-            hops += 1;
-            if hops > 40 {
-                return Err(io::Error::other(format!("{path}: too many levels of symbolic links")));
-            }
-            let target = fs::read_link(&at)?;
-            here.pop();
-            if target.is_absolute() {
-                here.clear();
-            }
-            let parts: Vec<String> = target
-                .components()
-                .filter_map(|c| match c {
-                    Component::Normal(p) => Some(p.to_string_lossy().into_owned()),
-                    Component::ParentDir => Some("..".into()),
-                    _ => None,
-                })
-                .collect();
-            pending.extend(parts.into_iter().rev());
-        }
-    }
-    Ok(here.iter().fold(root.to_path_buf(), |p, c| p.join(c)))
+    let inside = service_spec::follow_symlinks(path, |p| root.join(p.trim_start_matches('/')))?;
+    Ok(root.join(inside.trim_start_matches('/')))
 }
 
 /// Makes a mount point at `target` when missing: a directory, or an empty file when `file`.
@@ -164,6 +130,14 @@ fn mount(
 ) -> io::Result<()> {
     let target = target.to_string_lossy();
     step(what, sys::do_mount(source, &target, fstype, flags, data))
+}
+
+/// Binds `source` on `target` (`extra`: MS_REC for submounts too), then makes it read-only, which
+/// a bind mount only becomes by a remount. `what` names it in errors.
+fn bind_read_only(what: &str, source: &str, target: &Path, extra: c_ulong) -> io::Result<()> {
+    mount(&format!("bind {what}"), Some(source), target, None, sys::MS_BIND | extra, None)?;
+    let read_only = sys::MS_REMOUNT | sys::MS_BIND | sys::MS_RDONLY;
+    mount(&format!("make {what} read-only"), None, target, None, read_only, None)
 }
 
 impl Plan {
@@ -298,15 +272,7 @@ impl Plan {
             if Path::new(file).is_file() {
                 let target = step(&format!("resolve {file}"), resolve_in(root, file))?;
                 step(&format!("create mount point {file}"), mount_point(&target, true))?;
-                mount(&format!("bind {file}"), Some(file), &target, None, sys::MS_BIND, None)?;
-                mount(
-                    &format!("make {file} read-only"),
-                    None,
-                    &target,
-                    None,
-                    sys::MS_REMOUNT | sys::MS_BIND | sys::MS_RDONLY,
-                    None,
-                )?;
+                bind_read_only(file, file, &target, 0)?;
             }
         }
         Ok(())
@@ -375,22 +341,7 @@ impl Plan {
                 continue;
             }
             let target_text = target.to_string_lossy().into_owned();
-            mount(
-                &format!("bind {path} onto itself"),
-                Some(&target_text),
-                &target,
-                None,
-                sys::MS_BIND | sys::MS_REC,
-                None,
-            )?;
-            mount(
-                &format!("make {path} read-only"),
-                None,
-                &target,
-                None,
-                sys::MS_REMOUNT | sys::MS_BIND | sys::MS_RDONLY,
-                None,
-            )?;
+            bind_read_only(path, &target_text, &target, sys::MS_REC)?;
         }
         Ok(())
     }

@@ -12,6 +12,8 @@
 
 use serde_yaml_ng::{Mapping, Value};
 use std::fmt;
+use std::io;
+use std::path::{Component, Path, PathBuf};
 
 /// What a service does when its process exits (Talos's three kinds).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -282,6 +284,47 @@ pub fn entrypoint_in_root(entrypoint: &str) -> Option<String> {
     Some(format!("/{}", parts.join("/")))
 }
 
+/// Follows the symlinks of `path` as a service sees it: `locate` says where a path of the service's
+/// view lies on disk (its root joined, or a bind mount's source). Absolute link targets restart at
+/// the view's `/`, `..` never climbs above it, components that do not exist are kept. Returns the
+/// resolved path in the view. The node (mount targets) and the builder (entrypoints) both use it.
+pub fn follow_symlinks(path: &str, locate: impl Fn(&str) -> PathBuf) -> io::Result<String> {
+    let mut pending: Vec<String> = path.split('/').filter(|p| !p.is_empty()).rev().map(String::from).collect();
+    let mut here: Vec<String> = Vec::new();
+    let mut hops = 0;
+    while let Some(part) = pending.pop() {
+        match part.as_str() {
+            "." => continue,
+            ".." => {
+                here.pop();
+                continue;
+            }
+            _ => here.push(part),
+        }
+        let on_disk = locate(&format!("/{}", here.join("/")));
+        let is_link = std::fs::symlink_metadata(&on_disk).is_ok_and(|m| m.file_type().is_symlink());
+        if !is_link {
+            continue;
+        }
+        hops += 1;
+        if hops > 40 {
+            return Err(io::Error::other(format!("{path}: too many levels of symbolic links")));
+        }
+        let target = std::fs::read_link(&on_disk)?;
+        here.pop();
+        if target.is_absolute() {
+            here.clear();
+        }
+        let parts = Path::new(&target).components().filter_map(|c| match c {
+            Component::Normal(p) => Some(p.to_string_lossy().into_owned()),
+            Component::ParentDir => Some("..".to_string()),
+            _ => None,
+        });
+        pending.extend(parts.collect::<Vec<_>>().into_iter().rev());
+    }
+    Ok(format!("/{}", here.join("/")))
+}
+
 /// One step of a field's path: a mapping key or a list index.
 #[derive(Clone, Copy)]
 enum Step<'a> {
@@ -377,7 +420,8 @@ struct Reader<'t> {
     warnings: Vec<Problem>,
 }
 
-fn describe(value: &Value) -> String {
+/// A YAML value as an error message shows it.
+pub fn describe(value: &Value) -> String {
     match value {
         Value::Null => "null".into(),
         Value::Bool(b) => b.to_string(),

@@ -571,8 +571,17 @@ impl Supervisor {
 
     /// Stops every service: SIGTERM, then SIGKILL for what is left after `grace`. `reap` is the
     /// caller's reaper (it also handles children that are not services) and is called while waiting.
-    pub fn stop_all<F: FnMut(&mut Supervisor)>(&mut self, grace: Duration, mut reap: F) {
+    pub fn stop_all<F: FnMut(&mut Supervisor)>(&mut self, grace: Duration, reap: F) {
         self.stopping = true;
+        self.stop_processes(grace, reap);
+        // The log files keep /var busy, which must be unmounted next.
+        for i in 0..self.services.len() {
+            self.drain_output(i);
+            self.services[i].log_file = None;
+        }
+    }
+
+    fn stop_processes<F: FnMut(&mut Supervisor)>(&mut self, grace: Duration, mut reap: F) {
         for (sig, wait) in [(sys::SIGTERM, grace), (sys::SIGKILL, Duration::from_secs(2))] {
             let running: Vec<(String, i32)> = self
                 .services

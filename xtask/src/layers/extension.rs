@@ -34,7 +34,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 const ROOTFS_DIR: &str = "rootfs";
 const PACKAGES_FILE: &str = "packages.toml";
@@ -633,57 +633,20 @@ fn check_entrypoint(tree: &Path, root_rel: &Path, service: &Service) -> Result<(
             .map(|m| (m.destination.clone(), m.source.clone()))
             .collect(),
     };
-    let mut pending: Vec<String> = start.split('/').filter(|p| !p.is_empty()).rev().map(String::from).collect();
-    let mut here: Vec<String> = Vec::new();
-    let mut hops = 0;
-    let lookup = |here: &[String]| -> (String, PathBuf) {
-        let node = view.node_path(&format!("/{}", here.join("/")));
-        let rel = view.tree.join(node.trim_start_matches('/'));
-        (node, rel)
-    };
-    while let Some(part) = pending.pop() {
-        match part.as_str() {
-            "." => continue,
-            ".." => {
-                here.pop();
-                continue;
-            }
-            _ => here.push(part),
-        }
-        let (_, path) = lookup(&here);
-        // A directory missing from the root may be a mount point machined makes; what counts is the end.
-        let Ok(meta) = fs::symlink_metadata(&path) else { continue };
-        if meta.file_type().is_symlink() {
-            hops += 1;
-            if hops > 40 {
-                bail!("entrypoint {entrypoint}: too many levels of symbolic links");
-            }
-            let target = fs::read_link(&path)?;
-            here.pop();
-            if target.is_absolute() {
-                here.clear();
-            }
-            let parts: Vec<String> = target
-                .components()
-                .filter_map(|c| match c {
-                    Component::Normal(p) => Some(p.to_string_lossy().into_owned()),
-                    Component::ParentDir => Some("..".into()),
-                    _ => None,
-                })
-                .collect();
-            pending.extend(parts.into_iter().rev());
-        }
-    }
-    let (node, path) = lookup(&here);
+    let locate = |inside: &str| view.tree.join(view.node_path(inside).trim_start_matches('/'));
+    let resolved =
+        super::service::spec::follow_symlinks(&start, locate).with_context(|| format!("entrypoint {entrypoint}"))?;
+    let node = view.node_path(&resolved);
+    let path = locate(&resolved);
     let Ok(meta) = fs::metadata(&path) else {
         let rel = Path::new(node.trim_start_matches('/'));
         if !ALLOWED_PREFIXES.iter().any(|prefix| rel.starts_with(prefix)) {
             return Ok(()); // the node's root provides it: not this extension's to check
         }
-        bail!("entrypoint {entrypoint}: /{} (on the node {node}) is not in the extension", here.join("/"));
+        bail!("entrypoint {entrypoint}: {resolved} (on the node {node}) is not in the extension");
     };
     if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
-        bail!("entrypoint {entrypoint}: /{} (on the node {node}) is not an executable file", here.join("/"));
+        bail!("entrypoint {entrypoint}: {resolved} (on the node {node}) is not an executable file");
     }
     Ok(())
 }
