@@ -347,9 +347,18 @@ impl Plan {
     }
 }
 
-/// Moves the calling process into the cgroup whose cgroup.procs is `procs` ("0" means the writer),
-/// in a session of its own (no controlling terminal, its own process group).
+/// The first steps of every service's child: no signal blocked (machined blocks its shutdown
+/// signals to read them from a signalfd, and std's spawn passes the mask on, so a service would never
+/// see SIGTERM), the cgroup whose cgroup.procs is `procs` ("0" means the writer), and a session of
+/// its own (no controlling terminal, its own process group).
 pub fn join_cgroup(procs: &str) -> io::Result<()> {
+    // SAFETY: an empty, initialised set; the old mask is not wanted.
+    let unblocked = unsafe {
+        let mut none: sys::sigset_t = std::mem::zeroed();
+        sys::sigemptyset(&mut none);
+        sys::sigprocmask(sys::SIG_SETMASK, &none, std::ptr::null_mut())
+    };
+    step("unblock signals", sys::check(unblocked))?;
     step(&format!("join cgroup {procs}"), fs::write(procs, "0"))?;
     // SAFETY: plain system call.
     unsafe { sys::setsid() };

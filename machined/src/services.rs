@@ -516,6 +516,9 @@ impl Supervisor {
             State::Running { .. } | State::Exited | State::Done | State::Invalid(_) => true,
             State::Waiting(since) => {
                 let unmet = self.unmet(i, facts);
+                if unmet.is_empty() {
+                    return false; // it starts at the next tick
+                }
                 let device = unmet.iter().any(|u| u.starts_with("path /dev/"));
                 let cri = unmet.iter().any(|u| u == "service cri" || u == "service containerd");
                 !(cri || (device && since.elapsed() < grace))
@@ -872,6 +875,8 @@ mod tests {
             time_synced: true,
         };
         assert_eq!(s.unmet(0, &all), ["path /etc/iscsi/initiatorname.iscsi"]);
+        let free = supervisor(&["name: free\ncontainer:\n  entrypoint: /f\nrestart: always\n"]);
+        assert!(!free.settled(Duration::ZERO, &none), "a service about to start holds the node until it has");
     }
 
     #[test]

@@ -99,6 +99,7 @@ pub const O_NONBLOCK: c_int = 0o4000;
 pub const O_CLOEXEC: c_int = 0o2000000;
 
 pub const SIG_BLOCK: c_int = 0;
+pub const SIG_SETMASK: c_int = 2;
 pub const SFD_NONBLOCK: c_int = O_NONBLOCK;
 pub const SFD_CLOEXEC: c_int = O_CLOEXEC;
 /// struct signalfd_siginfo is 128 bytes; ssi_signo (u32) comes first.
