@@ -160,6 +160,24 @@ fn check_node(boot: &serde_json::Value, manifest: &serde_json::Value, arch: &str
     for ns in ["mnt", "pid", "ipc", "uts"] {
         assert!(agent["namespaces"].as_array().unwrap().iter().any(|n| n == ns), "{agent}");
     }
+    // Talos's qemu-guest-agent.yaml, unchanged, logs to a file (no logToConsole).
+    assert_eq!(agent["log"], "/var/log/qemu-guest-agent.log", "{agent}");
+    // Talos's iscsid.yaml, unchanged, waits for the network, which this node does not configure yet:
+    // every wait is a fact the status reports false, and containerd and its initiator name are there.
+    let iscsid = services.iter().find(|s| s["name"] == "iscsid").expect("iscsid is supervised");
+    let facts = &status["facts"];
+    assert_eq!(facts["cri"], true, "{facts}");
+    if facts["network"].as_object().unwrap().values().all(|v| v == false) {
+        assert_eq!(iscsid["state"], "waiting", "{iscsid}");
+        let waiting: Vec<&str> =
+            iscsid["waiting_for"].as_array().unwrap().iter().map(|w| w.as_str().unwrap()).collect();
+        assert_eq!(waiting, ["network.addresses", "network.connectivity", "network.hostname", "network.etcfiles"]);
+    } else {
+        assert_eq!(iscsid["state"], "running", "{iscsid}");
+    }
+
+    // It was shut down through the guest agent: qemu-ga ran /sbin/shutdown, machined's applet.
+    assert_eq!(boot["shutdown"], "machine-api-poweroff", "{}", boot["shutdown"]);
     assert_eq!(status["cgroups"]["kubepods"], "/sys/fs/cgroup/kubepods");
 
     // No shell at any path, no setuid/setgid file, nothing world-writable but sticky directories.

@@ -289,13 +289,32 @@ fn real_talos_manifest_builds_into_an_initramfs_layer() {
             paths.iter().filter(|p| forbidden.contains(&p.rsplit('/').next().unwrap_or_default())).collect();
         assert!(found.is_empty(), "{sqsh} holds {found:?}");
     }
-    let qga = squashfs_paths(&dir.join("node-arm64.ext-qemu-guest-agent.sqsh"));
-    for path in [
-        "/usr/local/etc/containers/qemu-guest-agent.yaml",
-        "/usr/local/etc/containers/qemu-guest-agent.machined",
-        "/usr/local/lib/containers/qemu-guest-agent/usr/sbin/qemu-ga",
-        "/usr/local/lib/containers/qemu-guest-agent/dev",
-    ] {
-        assert!(qga.iter().any(|p| p == path), "qemu-guest-agent layer lacks {path}");
-    }
+    let holds = |layer: &str, wanted: &[&str]| {
+        let paths = squashfs_paths(&dir.join(format!("node-arm64.ext-{layer}.sqsh")));
+        for path in wanted {
+            assert!(paths.iter().any(|p| p == path), "{layer} layer lacks {path}");
+        }
+    };
+    // Talos's qemu-guest-agent.yaml runs ./qemu-ga from its root, which holds qemu-ga's config.
+    holds(
+        "qemu-guest-agent",
+        &[
+            "/usr/local/etc/containers/qemu-guest-agent.yaml",
+            "/usr/local/lib/containers/qemu-guest-agent/usr/sbin/qemu-ga",
+            "/usr/local/lib/containers/qemu-guest-agent/qemu-ga",
+            "/usr/local/lib/containers/qemu-guest-agent/etc/qemu/qemu-ga.conf",
+        ],
+    );
+    // Talos's iscsid.yaml runs /usr/local/sbin/iscsid with glibc from the node and its own libraries
+    // named by the root's ld.so.cache; the per-node initiator name is machined's to write.
+    holds(
+        "iscsi-tools",
+        &[
+            "/usr/local/etc/containers/iscsid.yaml",
+            "/usr/local/sbin/iscsid",
+            "/usr/local/lib/containers/iscsid/usr/sbin/iscsid",
+            "/usr/local/lib/containers/iscsid/etc/ld.so.cache",
+            "/usr/local/etc/machined/create-files/iscsi-tools.yaml",
+        ],
+    );
 }

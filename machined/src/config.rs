@@ -32,6 +32,7 @@
 //! listed as ignored, so a Talos config still applies what this node understands. A value of a known
 //! key that is wrong is an error naming the key's path and why.
 
+use crate::service_spec::describe as show;
 use serde_yaml_ng::{Mapping, Value};
 use std::net::Ipv4Addr;
 
@@ -422,18 +423,6 @@ fn known_keys(map: &Mapping, at: &str, known: &[&str], ignored: &mut Vec<String>
         if !known.contains(&name.as_str()) {
             ignored.push(if at.is_empty() { name } else { format!("{at}.{name}") });
         }
-    }
-}
-
-fn show(value: &Value) -> String {
-    match value {
-        Value::Null => "null".into(),
-        Value::Bool(b) => b.to_string(),
-        Value::Number(n) => n.to_string(),
-        Value::String(s) => format!("{s:?}"),
-        Value::Sequence(_) => "a list".into(),
-        Value::Mapping(_) => "a mapping".into(),
-        Value::Tagged(t) => format!("a value tagged {}", t.tag),
     }
 }
 

@@ -67,3 +67,14 @@ pub fn power_off() -> ! {
         std::thread::sleep(Duration::from_secs(3600));
     }
 }
+
+/// sync + reboot(RB_AUTOBOOT); if that fails, power off.
+pub fn reboot() -> ! {
+    // SAFETY: plain system calls without pointers.
+    unsafe {
+        sys::sync();
+        sys::reboot(sys::RB_AUTOBOOT);
+    }
+    let _ = sys::write_all_fd(1, format!("{FATAL}: reboot(RB_AUTOBOOT) failed; powering off\n").as_bytes());
+    power_off()
+}

@@ -4,7 +4,7 @@
 //! saves starting ctr, a 23 MB Go program that takes seconds to start under emulation.
 
 use crate::fallible::Fallible;
-use crate::parse::{Restart, ServiceSpec};
+use crate::service_spec::{Container, Restart, Security, ServiceSpec};
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 pub const BINARY: &str = "/usr/bin/containerd";
 pub const SOCKET: &str = "/run/containerd/containerd.sock";
+const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const CONFIG_DIR: &str = "/run/machined/containerd";
 const CONFIG: &str = "/run/machined/containerd/config.toml";
 const VERSION_METHOD: &str = "/containerd.services.version.v1.Version/Version";
@@ -57,13 +58,19 @@ pub fn prepare() -> Fallible<ServiceSpec> {
     fs::write(CONFIG, CONFIG_TEXT).map_err(|e| format!("write {CONFIG}: {e}"))?;
     Ok(ServiceSpec {
         name: "containerd".to_string(),
-        root: "/".to_string(),
-        entrypoint: BINARY.to_string(),
-        args: vec!["--config".to_string(), CONFIG.to_string()],
-        depends_paths: Vec::new(),
+        depends: Vec::new(),
+        container: Container {
+            entrypoint: BINARY.to_string(),
+            args: vec!["--config".to_string(), CONFIG.to_string()],
+            mounts: Vec::new(),
+            // It starts runc and the shims by name.
+            environment: vec![("PATH".to_string(), PATH.to_string())],
+            environment_file: None,
+            security: Security::default(),
+        },
         restart: Restart::Always,
-        binds: Vec::new(),
-        create_files: Vec::new(),
+        // The node's own runtime: its output is the console's.
+        log_to_console: true,
     })
 }
 

@@ -2,6 +2,8 @@
 //! supervisor starts a service once every one of its dependencies holds. machined fills it each
 //! round of its loop from the network state, the machine config and containerd's answer.
 
+use crate::service_spec::NetworkCheck;
+
 /// The `depends: network` conditions Talos names.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NetworkFacts {
@@ -27,17 +29,13 @@ pub struct Facts {
 }
 
 impl Facts {
-    /// The status's `facts` section: what the services' dependencies see.
-    pub fn json(&self) -> crate::json::Object {
-        let network = crate::json::Object::new()
-            .bool("addresses", self.network.addresses)
-            .bool("connectivity", self.network.connectivity)
-            .bool("hostname", self.network.hostname)
-            .bool("etcfiles", self.network.etcfiles);
-        crate::json::Object::new()
-            .bool("cri", self.cri)
-            .object("network", network)
-            .bool("configuration", self.configuration)
-            .bool("time", self.time_synced)
+    /// Whether one `depends: network` condition holds.
+    pub fn network_holds(&self, check: NetworkCheck) -> bool {
+        match check {
+            NetworkCheck::Addresses => self.network.addresses,
+            NetworkCheck::Connectivity => self.network.connectivity,
+            NetworkCheck::Hostname => self.network.hostname,
+            NetworkCheck::Etcfiles => self.network.etcfiles,
+        }
     }
 }

@@ -4,8 +4,9 @@
 //! /etc/machined/modules, mounts /rootfs.sqsh read-only (with the system extensions' layers over it as
 //! a read-only overlayfs) and switches into it. Then it makes the node: cgroup v2 with system/ and
 //! kubepods/, the scratch disk encrypted under a RAM-only key and formatted on /var, device links,
-//! containerd and the extension services, supervised. Once containerd answers and the services are up
-//! it reports one `MACHINED-STATUS {json}` line on the console. With `machined.smoke=1` on the kernel
+//! machined's API socket on /system, containerd and the extension services (read from Talos's spec
+//! files as they are), supervised. Once containerd answers and the services are up (or wait for
+//! nothing on its way) it reports one `MACHINED-STATUS {json}` line on the console. With `machined.smoke=1` on the kernel
 //! command line it shuts down right after; otherwise it waits for the ACPI power button or
 //! SIGTERM/SIGINT/SIGPWR/SIGUSR2, supervising meanwhile (node.rs), then stops the services, closes the
 //! scratch disk (the key dies with it) and powers off. Any failure prints `MACHINED-FATAL: ...` and
@@ -15,6 +16,9 @@
 //! The image build compiles this crate with Debian's cargo-web for both architectures
 //! (xtask/src/initramfs/machined.rs), statically linked. Its few dependencies are named, with why, in
 //! machined/Cargo.toml; the older system calls are still declared by hand in `sys`.
+//!
+//! Run under another name (a service binding /sbin/init as /sbin/shutdown), it is that applet
+//! (applet.rs) instead.
 //!
 //! `no_main`: std's runtime start aborts when fds 0-2 are closed and /dev/null cannot be opened, which
 //! is exactly an initramfs whose kernel found no /dev/console. Starting from the C `main` lets machined
@@ -26,6 +30,7 @@
 mod api;
 mod applet;
 mod cgroups;
+#[allow(dead_code)] // the machine config's parser; its caller comes with the network and config work
 mod config;
 mod config_source;
 mod console;
@@ -38,6 +43,7 @@ mod facts;
 mod fallible;
 mod json;
 mod kubernetes;
+mod machine_api;
 mod modprobe;
 mod modules;
 mod netlink;
@@ -48,6 +54,8 @@ mod parse;
 mod protocol;
 mod root;
 mod scratch;
+mod service_root;
+mod service_spec;
 mod services;
 mod sntp;
 mod status;
@@ -68,14 +76,14 @@ const EROFS: i32 = 30;
 
 #[cfg(not(test))]
 #[no_mangle]
-// The C runtime is the only caller, with its argc and argv.
+// The C runtime calls it with argc valid strings in argv; nothing else does.
 #[allow(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn main(argc: c_int, argv: *const *const std::os::raw::c_char) -> c_int {
     let init_start = sys::boot_ms();
-    // SAFETY: the C runtime passes argc strings in argv.
+    // SAFETY: the C runtime passes argc NUL-terminated strings in argv.
     let args = unsafe { applet::args(argc, argv) };
-    if let Some(code) = applet::run(&args) {
-        return code;
+    if let Some(status) = applet::dispatch(&args) {
+        return status;
     }
     // SAFETY: getpid has no preconditions.
     if unsafe { sys::getpid() } != 1 {
@@ -99,7 +107,7 @@ pub extern "C" fn main(argc: c_int, argv: *const *const std::os::raw::c_char) ->
         }
         Ok(Some((mut node, smoke))) => {
             if smoke {
-                node.shutdown("smoke")
+                node.shutdown("smoke", machine_api::PowerAction::PowerOff)
             }
             node.run()
         }
@@ -178,9 +186,12 @@ fn boot(init_start: u64, sigmask: &sys::sigset_t) -> Fallible<Option<(Node, bool
         }
     }
     milestones.push(("scratch_ready", sys::boot_ms()));
-    // On /var: the writable paths' upper layers and the config's files.
+    // On /var: the writable paths' upper layers, the config's files and the extensions' per-node files.
     let writable = kubernetes::mount_writable_paths();
     let files = loaded.config().map(|c| config::apply_files(&c.files)).unwrap_or_default();
+    services::create_node_files();
+    // Before any service starts: Talos's specs depend on the socket's path.
+    let api = machine_api::Api::listen()?;
 
     // containerd first: it takes longest to answer.
     let mut supervisor = Supervisor::new()?;
@@ -191,13 +202,14 @@ fn boot(init_start: u64, sigmask: &sys::sigset_t) -> Fallible<Option<(Node, bool
         ContainerdStatus::Missing
     };
     supervisor.add_extension_services(extension_services);
-    supervisor.tick();
+    // containerd has not answered yet: nothing is known.
+    supervisor.tick(&facts::Facts::default());
     milestones.push(("services_started", sys::boot_ms()));
 
     let modules = modules.finish()?;
     milestones.push(("modules_loaded", sys::boot_ms()));
 
-    let mut node = Node::new(sigmask, supervisor, scratch, containerd_state)?;
+    let mut node = Node::new(sigmask, supervisor, api, scratch, containerd_state)?;
     node.watch_network(network, Duration::from_secs(network_wait), loaded.config().is_some());
     let ready = node.wait_until_ready(&mut milestones);
     let mounts = fs::read_to_string("/proc/self/mounts").ctx(|| "read /proc/self/mounts".into())?;
@@ -222,7 +234,8 @@ fn boot(init_start: u64, sigmask: &sys::sigset_t) -> Fallible<Option<(Node, bool
             .map(|e| ExtensionStatus { name: e.name.clone(), version: e.version.clone() })
             .collect(),
         containerd: node.containerd_status(),
-        services: node.supervisor.summaries(),
+        services: node.supervisor.summaries(&node.facts()),
+        facts: node.facts(),
         scratch: status::scratch_json(&node.scratch),
         shells_found: contents.shells,
         shells_checked: contents.checked,
@@ -240,7 +253,7 @@ fn boot(init_start: u64, sigmask: &sys::sigset_t) -> Fallible<Option<(Node, bool
     let status = node.refreshed(status);
     let line = format!("{STATUS}{}\n", status::status_json(status.clone()));
     console::write(line.as_bytes());
-    node.serve_api(status, modprobe_helper);
+    node.publish_status(status, modprobe_helper);
     Ok(Some((node, parse::cmdline_has(&cmdline, SMOKE_FLAG))))
 }
 

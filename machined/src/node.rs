@@ -1,20 +1,24 @@
-//! The running node: machined's event loop after boot. It supervises the services, waits for the
-//! node to become ready (containerd answering, every service up), and shuts down on the ACPI power
-//! button or a shutdown signal: services stopped, every other process killed, the scratch disk closed
-//! (its key dies with the mapping), power off.
+//! The running node: machined's event loop after boot. It supervises the services (judging their
+//! dependencies against the node's facts, [`Node::facts`]), answers its API socket, waits for the
+//! node to become ready (containerd answering, every service up or waiting for nothing on its way),
+//! and shuts down on the ACPI power button, a shutdown signal or an API request: services stopped,
+//! every other process killed, the scratch disk closed (its key dies with the mapping), power off
+//! (or reboot).
 
 use crate::console;
 use crate::facts::{Facts, NetworkFacts};
 use crate::fallible::{Context, Fallible};
+use crate::machine_api::{self, Api, PowerAction, Request};
 use crate::protocol::{NOT_READY, SCRATCH_CLOSED, SCRATCH_CLOSE_FAILED, SHUTDOWN};
 use crate::services::Supervisor;
 use crate::status::{self, ContainerdStatus, Status};
-use crate::{api, containerd, devices, modprobe, network, parse, scratch, sys};
+use crate::{api, containerd, devices, json, modprobe, network, parse, scratch, sys};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::raw::{c_int, c_ulong};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 /// How long machined waits for the node to be ready (containerd answering, services started) before
@@ -33,6 +37,7 @@ pub struct Node {
     inputs: Vec<(String, File)>,
     last_input_scan: Option<Instant>,
     pub supervisor: Supervisor,
+    api: Api,
     pub scratch: scratch::Outcome,
     containerd: ContainerdStatus,
     last_probe: Option<Instant>,
@@ -53,6 +58,7 @@ impl Node {
     pub fn new(
         sigmask: &sys::sigset_t,
         supervisor: Supervisor,
+        api: Api,
         scratch: scratch::Outcome,
         containerd: ContainerdStatus,
     ) -> Fallible<Node> {
@@ -66,6 +72,7 @@ impl Node {
             inputs: Vec::new(),
             last_input_scan: None,
             supervisor,
+            api,
             scratch,
             containerd,
             last_probe: None,
@@ -111,14 +118,13 @@ impl Node {
     /// `status` with its live parts (services, containerd, network, time, modules loaded on demand)
     /// as they are now.
     pub fn refreshed(&self, mut status: Status) -> Status {
-        status.services = self.supervisor.summaries();
+        status.facts = self.facts();
+        status.services = self.supervisor.summaries(&status.facts);
         status.containerd = self.containerd_status();
         let state = self.network.as_ref().map(network::snapshot).unwrap_or_default();
-        let facts = self.facts();
         let live = [
             ("network", network::json(&state, self.network_wait.as_secs())),
             ("time", network::time_json(&state.time)),
-            ("facts", facts.json()),
         ];
         for (key, section) in live {
             match status.sections.iter_mut().find(|(k, _)| *k == key) {
@@ -130,7 +136,7 @@ impl Node {
     }
 
     /// Serves the status on the API port from now on, refreshed once a second.
-    pub fn serve_api(&mut self, status: Status, modprobe_helper: Result<(), String>) {
+    pub fn publish_status(&mut self, status: Status, modprobe_helper: Result<(), String>) {
         let latest = api::serve(status::status_json(status.clone()));
         self.status = Some((status, latest));
         self.modprobe_helper = modprobe_helper;
@@ -184,7 +190,7 @@ impl Node {
             if network_done && self.network_settled() && !milestones.iter().any(|(m, _)| *m == "network_settled") {
                 milestones.push(("network_settled", sys::boot_ms()));
             }
-            if containerd_done && network_done && self.supervisor.settled(DEPENDS_GRACE) {
+            if containerd_done && network_done && self.supervisor.settled(DEPENDS_GRACE, &self.facts()) {
                 return true;
             }
             if start.elapsed() > READY_LIMIT {
@@ -230,8 +236,9 @@ impl Node {
             scan_inputs(&mut self.inputs);
             self.last_input_scan = Some(Instant::now());
         }
-        let logs = self.supervisor.log_fds();
-        let mut fds: Vec<sys::pollfd> = std::iter::once(self.sigfd.as_raw_fd())
+        let logs = self.supervisor.output_fds();
+        let mut fds: Vec<sys::pollfd> = [self.sigfd.as_raw_fd(), self.api.fd()]
+            .into_iter()
             .chain(self.inputs.iter().map(|(_, f)| f.as_raw_fd()))
             .chain(logs.iter().map(|(fd, _)| *fd))
             .map(|fd| sys::pollfd { fd, events: sys::POLLIN, revents: 0 })
@@ -250,12 +257,15 @@ impl Node {
         if ready > 0 {
             if fds[0].revents & sys::POLLIN != 0 {
                 if let Some(name) = read_signals(&mut self.sigfd) {
-                    self.shutdown(&format!("signal {name}"));
+                    self.shutdown(&format!("signal {name}"), PowerAction::PowerOff);
                 }
             }
+            if fds[1].revents & sys::POLLIN != 0 {
+                self.serve_api();
+            }
             // Service output follows the inputs (counted before any input is dropped below).
-            let logs_start = 1 + self.inputs.len();
-            let input_fds = &fds[1..logs_start];
+            let logs_start = 2 + self.inputs.len();
+            let input_fds = &fds[2..logs_start];
             let mut gone = Vec::new();
             let mut pressed = false;
             for (i, pfd) in input_fds.iter().enumerate() {
@@ -273,23 +283,51 @@ impl Node {
                 self.inputs.remove(i);
             }
             if pressed {
-                self.shutdown("power-button");
+                self.shutdown("power-button", PowerAction::PowerOff);
             }
             for (pfd, (_, service)) in fds[logs_start..].iter().zip(&logs) {
                 if pfd.revents != 0 {
-                    self.supervisor.drain_log(*service);
+                    self.supervisor.drain_output(*service);
                 }
             }
         }
         if self.supervisor.waiting_for_devices() {
             devices::link_virtio_ports();
         }
-        self.supervisor.tick();
+        let facts = self.facts();
+        self.supervisor.tick(&facts);
+    }
+
+    /// Answers the clients waiting on the API socket; a shutdown request is answered, then carried out.
+    fn serve_api(&mut self) {
+        while let Some((stream, request)) = self.api.accept() {
+            match request {
+                Ok(Request::Status) => {
+                    let facts = self.facts();
+                    let status = json::Object::new()
+                        .object("facts", status::facts_json(&facts))
+                        .objects("services", status::services_json(&self.supervisor.summaries(&facts)));
+                    machine_api::answer(stream, &status.finish());
+                }
+                Ok(Request::PowerOff(message)) => {
+                    self.shutdown_for(stream, "poweroff", &message, PowerAction::PowerOff)
+                }
+                Ok(Request::Reboot(message)) => self.shutdown_for(stream, "reboot", &message, PowerAction::Reboot),
+                Err(e) => machine_api::answer(stream, &format!("error: {e}")),
+            }
+        }
+    }
+
+    /// Says `ok` to the client that asked, then shuts down: `MACHINED-SHUTDOWN reason=machine-api-<verb> (<message>)`.
+    fn shutdown_for(&mut self, client: UnixStream, verb: &str, message: &str, action: PowerAction) -> ! {
+        machine_api::answer(client, "ok");
+        let why = if message.is_empty() { String::new() } else { format!(" ({message})") };
+        self.shutdown(&format!("machine-api-{verb}{why}"), action)
     }
 
     /// Reports the reason, stops the services and every other process, closes the scratch disk
-    /// (dropping its key) and powers off.
-    pub fn shutdown(&mut self, reason: &str) -> ! {
+    /// (dropping its key) and powers off or reboots.
+    pub fn shutdown(&mut self, reason: &str, action: PowerAction) -> ! {
         console::write(format!("{SHUTDOWN} reason={reason}\n").as_bytes());
         self.supervisor.stop_all(SERVICE_STOP_GRACE, reap);
         for (sig, grace) in [(sys::SIGTERM, Duration::from_secs(3)), (sys::SIGKILL, Duration::from_secs(1))] {
@@ -311,7 +349,10 @@ impl Node {
                 Err(e) => console::write(format!("{SCRATCH_CLOSE_FAILED} {e}\n").as_bytes()),
             }
         }
-        console::power_off()
+        match action {
+            PowerAction::PowerOff => console::power_off(),
+            PowerAction::Reboot => console::reboot(),
+        }
     }
 }
 

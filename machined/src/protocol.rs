@@ -1,7 +1,7 @@
 //! The wire contract between the image and the host that builds and tests it, written once: the
 //! console lines machined prints (boot-test and bench read them), the kernel arguments it obeys, and
 //! the files the image builder lays out for it. xtask and the integration tests include this file
-//! (`#[path]`), so it holds only constants and depends on nothing.
+//! (`#[path]`), so it holds only constants, and depends on nothing.
 
 /// Prefix of the one line machined prints when the node is up: `MACHINED-STATUS {json}`.
 pub const STATUS: &str = "MACHINED-STATUS ";
@@ -61,7 +61,9 @@ pub const EXTENSION_IMAGES: &str = "/extensions";
 /// CNI or a kubelet writes to), one absolute path per line.
 pub const WRITABLE_LIST: &str = "/etc/machined/writable";
 /// machined itself in the root (the initramfs's copy is gone once the root is switched): what the
-/// kernel runs as its modprobe helper, through [`MODPROBE`], a link whose name selects the applet.
+/// kernel runs as its modprobe helper, through [`MODPROBE`], a link whose name selects the applet,
+/// and what a service binds under another name (Talos's qemu-guest-agent.yaml binds `/sbin/init`,
+/// the same file through the merged /usr, as `/sbin/shutdown`).
 pub const MACHINED_IN_ROOT: &str = "/usr/sbin/init";
 pub const MODPROBE: &str = "/usr/lib/machined/modprobe";
 /// Where a CNI add-on finds and installs plugins and writes its network config, as Kubernetes
@@ -75,7 +77,19 @@ pub const MODPROBE_LOG: &str = "/run/machined/modprobe.log";
 
 /// Extension service roots on the node: `<SERVICE_ROOTS>/<name>` (as in Talos).
 pub const SERVICE_ROOTS: &str = "/usr/local/lib/containers";
-/// Extension service specs on the node: `<SERVICE_SPECS>/<name>.yaml` (Talos's) and the builder's
-/// translation `<name>.machined`, one `key=value` per line.
+/// Extension service specs on the node: `<SERVICE_SPECS>/<name>.yaml`, Talos's format, read by
+/// machined as they are (service_spec.rs).
 pub const SERVICE_SPECS: &str = "/usr/local/etc/containers";
-pub const SERVICE_SUFFIX: &str = "machined";
+/// The files an extension asks machined to create on each node before its services start (its
+/// packages.toml `create-file`): `<CREATE_FILES>/<extension>.yaml`, a YAML list of `{path, content}`,
+/// where `{random}` in the content stands for 32 random hex digits. Talos reads nothing here.
+pub const CREATE_FILES: &str = "/usr/local/etc/machined/create-files";
+/// Directories of the read-only root writable on every node whatever the spec lists (the builder
+/// adds them to [`WRITABLE_LIST`]), so per-node files extensions ask for (`CREATE_FILES`) can live
+/// where programs expect them: iscsid's initiator name.
+pub const WRITABLE_DIRS: [&str; 1] = ["/etc/iscsi"];
+
+/// machined's own tmpfs, as in Talos (`/system`), and the API socket on it that extension services
+/// bind (Talos's qemu-guest-agent.yaml depends on it; /sbin/init's `shutdown` applet talks to it).
+pub const SYSTEM_DIR: &str = "/system";
+pub const MACHINE_SOCKET: &str = "/system/run/machined/machine.sock";

@@ -1,36 +1,47 @@
-//! Supervised services: containerd from the node's root, and extension services each in their own
-//! root and namespaces. Every service runs in its own cgroup (system/<name>), has its output piped
-//! to the console a line at a time behind a `[name] ` prefix, waits for its depends-paths, and is
-//! restarted with backoff (1 s doubling to 30 s) when it exits, unless it says restart=never.
+//! Supervised services: containerd from the node's root, and the extension services, read from
+//! Talos's spec files as they are (`/usr/local/etc/containers/<name>.yaml`, service_spec.rs), each in
+//! its own root and namespaces (service_root.rs). Every service runs in its own cgroup
+//! (system/<name>) and starts once each of its `depends` holds, judged against the node's [`Facts`]
+//! (`service: cri`, `network`, `configuration`, `time`), the other services (`service: ext-<name>`)
+//! and the filesystem (`path`, and an `environmentFile`). It is restarted with backoff (1 s doubling
+//! to 30 s) as its `restart` says: `always`, `untilSuccess` (after a failure only), `never`. Its
+//! output goes a line at a time to the console behind a `[name] ` prefix when `logToConsole` is set
+//! (and for containerd), else to /var/log/<name>.log; the status keeps the last lines either way.
 //!
-//! An isolated (extension) service gets new mount, PID, IPC and UTS namespaces. Its root is a
-//! read-only overlay of a small tmpfs holding the mount points (so the extension needs none) over
-//! the extension's `root=` directory; the `bind=` lines are mounted into it, /proc is a fresh procfs
-//! of the service's PID namespace, /tmp a private tmpfs; then it pivot_roots into it and the node's
-//! root is detached. The set-up runs in the forked child before exec (std's `pre_exec`). machined's
-//! only other threads (the boot-time module loader and page-cache prefetch) hold no lock the child
-//! needs: it makes system calls and allocates, which glibc's fork keeps consistent.
+//! machined's only other threads (the boot-time module loader and page-cache prefetch) hold no lock
+//! the forked child needs: it makes system calls and allocates, which glibc's fork keeps consistent.
 
+use crate::facts::Facts;
 use crate::fallible::Fallible;
-use crate::parse::{self, LineBuffer, Restart, ServiceSpec};
-use crate::protocol::{SERVICE, SERVICE_RESTARTING, SERVICE_SPECS, SERVICE_SUFFIX};
+use crate::parse::{self, LineBuffer};
+use crate::protocol::{CREATE_FILES, SERVICE, SERVICE_RESTARTING, SERVICE_SPECS, WRITABLE_DIRS};
+use crate::service_root::{self, Plan};
+use crate::service_spec::{self, clean_absolute, Dependency, Restart, ServiceSpec};
 use crate::{cgroups, sys};
+use std::collections::VecDeque;
 use std::fs::{self, File};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::raw::c_int;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-/// Where each isolated service's mount staging directory lives (a tmpfs mounted in its own
-/// namespace, so the node sees only empty directories).
+/// Where each isolated service's stage directory lives (a tmpfs mounted in its own namespace, so
+/// the node sees only empty directories), and the node mount that holds it.
 const STAGE_DIR: &str = "/run/machined/services";
+const STAGE_MOUNT: &str = "/run";
+/// Where a service's output goes unless it logs to the console.
+const LOG_DIR: &str = "/var/log";
 /// A run at least this long resets the backoff: the service was healthy, this exit is news.
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
+/// How many of a service's last output lines the status shows.
+const TAIL_LINES: usize = 5;
+/// Why a dependency on udevd is taken as met, said once per service that has one.
+const NO_UDEVD: &str = "depends on service udevd, which this node does not run (machined populates /dev itself: \
+     devtmpfs, and the /dev/virtio-ports links udev would make); taken as up";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Isolation {
@@ -42,17 +53,19 @@ pub enum Isolation {
 
 #[derive(Debug)]
 enum State {
-    /// Waiting for its depends-paths since the instant.
+    /// Waiting for its dependencies since the instant.
     Waiting(Instant),
     Running {
         pid: i32,
         since: Instant,
     },
-    /// Exited; starts again at the instant.
+    /// Exited or failed to start; starts again at the instant.
     Backoff(Instant),
-    /// Exited for good (restart=never, or shutdown).
+    /// Exited for good (restart never, or shutdown).
     Exited,
-    /// Its service file is broken; never started.
+    /// restart untilSuccess, and it succeeded.
+    Done,
+    /// Its spec is unusable here; never started.
     Invalid(String),
 }
 
@@ -65,7 +78,14 @@ pub struct Service {
     /// Consecutive exits after short runs, for the backoff.
     failures: u32,
     prefix: String,
-    log: Option<(File, LineBuffer)>,
+    output: Option<(File, LineBuffer)>,
+    /// /var/log/<name>.log, unless it logs to the console.
+    log_file: Option<File>,
+    tail: VecDeque<String>,
+    /// What in its spec this node ignores or takes differently, said at boot.
+    warnings: Vec<String>,
+    /// Why the last start failed.
+    last_error: Option<String>,
 }
 
 /// One service's state for the status line.
@@ -74,7 +94,18 @@ pub struct Summary {
     pub name: String,
     pub pid: Option<i32>,
     pub restarts: u32,
+    /// waiting, running, restarting, exited, done or invalid.
     pub state: String,
+    /// For a waiting service, each dependency that does not hold yet (`network.connectivity`,
+    /// `path /x`, `service cri`).
+    pub waiting_for: Vec<String>,
+    /// Why it is invalid, or why its last start failed.
+    pub error: Option<String>,
+    pub warnings: Vec<String>,
+    /// `console`, or the file its output goes to.
+    pub log: String,
+    /// Its last lines of output.
+    pub log_tail: Vec<String>,
     /// The running process's cgroup, as /proc/<pid>/cgroup says (e.g. /system/containerd).
     pub cgroup: Option<String>,
     /// Namespaces the running process does not share with machined (of mnt, pid, ipc, uts, net).
@@ -88,6 +119,29 @@ pub struct Supervisor {
     stopping: bool,
 }
 
+impl Service {
+    fn new(spec: ServiceSpec, isolation: Isolation, state: State) -> Service {
+        let prefix = format!("[{}] ", spec.name);
+        Service {
+            spec,
+            isolation,
+            state,
+            restarts: 0,
+            failures: 0,
+            prefix,
+            output: None,
+            log_file: None,
+            tail: VecDeque::new(),
+            warnings: Vec::new(),
+            last_error: None,
+        }
+    }
+
+    fn log_path(&self) -> Option<String> {
+        (!self.spec.log_to_console).then(|| format!("{LOG_DIR}/{}.log", self.spec.name))
+    }
+}
+
 impl Supervisor {
     pub fn new() -> Fallible<Supervisor> {
         let own_pid_ns = File::open("/proc/self/ns/pid").map_err(|e| format!("open /proc/self/ns/pid: {e}"))?;
@@ -95,52 +149,116 @@ impl Supervisor {
     }
 
     pub fn add(&mut self, spec: ServiceSpec, isolation: Isolation) {
-        let prefix = format!("[{}] ", spec.name);
-        for (path, content) in &spec.create_files {
-            if let Err(e) = create_node_file(path, content) {
-                crate::console::write(format!("{prefix}cannot create {path}: {e}\n").as_bytes());
+        self.services.push(Service::new(spec, isolation, State::Waiting(Instant::now())));
+    }
+
+    /// A service whose spec cannot run here; reported, never started.
+    pub fn add_invalid(&mut self, spec: ServiceSpec, error: String) {
+        crate::console::write(format!("{SERVICE}{} invalid: {error}\n", spec.name).as_bytes());
+        self.services.push(Service::new(spec, Isolation::Own, State::Invalid(error)));
+    }
+
+    /// Adds discovered extension services, isolated. A dependency on a service this node does not
+    /// run makes the service invalid (it would wait forever); one on udevd is taken as met.
+    pub fn add_extension_services(&mut self, discovered: Vec<Discovered>) {
+        let names: Vec<String> =
+            discovered.iter().filter_map(|d| d.as_ref().ok()).map(|(spec, _)| spec.name.clone()).collect();
+        for service in discovered {
+            let (spec, warnings) = match service {
+                Ok(found) => found,
+                Err((name, error)) => {
+                    crate::console::write(format!("{SERVICE}{name} invalid: {error}\n").as_bytes());
+                    let placeholder = placeholder_spec(&name);
+                    self.services.push(Service::new(placeholder, Isolation::Own, State::Invalid(error)));
+                    continue;
+                }
+            };
+            let mut notes = warnings;
+            let mut unknown = Vec::new();
+            for dependency in &spec.depends {
+                if let Dependency::Service(id) = dependency {
+                    match id.as_str() {
+                        "cri" | "containerd" => {}
+                        "udevd" => notes.push(NO_UDEVD.to_string()),
+                        other => match other.strip_prefix("ext-") {
+                            Some(ext) if names.iter().any(|n| n == ext) => {}
+                            _ => unknown.push(other.to_string()),
+                        },
+                    }
+                }
+            }
+            for note in &notes {
+                crate::console::write(format!("{SERVICE}{} warning: {note}\n", spec.name).as_bytes());
+            }
+            if !unknown.is_empty() {
+                let error = format!(
+                    "depends on service {}, which this node does not run (it runs cri, and ext-<name> for each \
+                     extension service: {})",
+                    unknown.join(", "),
+                    names.iter().map(|n| format!("ext-{n}")).collect::<Vec<_>>().join(", ")
+                );
+                self.add_invalid(spec, error);
+            } else {
+                self.add(spec, Isolation::Own);
+            }
+            if let Some(svc) = self.services.last_mut() {
+                svc.warnings = notes;
             }
         }
-        self.services.push(Service {
-            spec,
-            isolation,
-            state: State::Waiting(Instant::now()),
-            restarts: 0,
-            failures: 0,
-            prefix,
-            log: None,
-        });
     }
 
-    /// A service whose file could not be read; reported, never started.
-    pub fn add_invalid(&mut self, name: &str, error: String) {
-        crate::console::write(format!("{SERVICE}{name} invalid: {error}\n").as_bytes());
-        self.services.push(Service {
-            spec: ServiceSpec {
-                name: name.to_string(),
-                root: String::new(),
-                entrypoint: String::new(),
-                args: Vec::new(),
-                depends_paths: Vec::new(),
-                restart: Restart::Never,
-                binds: Vec::new(),
-                create_files: Vec::new(),
-            },
-            isolation: Isolation::Own,
-            state: State::Invalid(error),
-            restarts: 0,
-            failures: 0,
-            prefix: String::new(),
-            log: None,
-        });
+    /// What service `i` still waits for; empty when it may start.
+    fn unmet(&self, i: usize, facts: &Facts) -> Vec<String> {
+        let spec = &self.services[i].spec;
+        let mut unmet = Vec::new();
+        for dependency in &spec.depends {
+            match dependency {
+                Dependency::Service(id) => {
+                    let up = match id.as_str() {
+                        "cri" | "containerd" => facts.cri,
+                        "udevd" => true,
+                        other => other.strip_prefix("ext-").is_some_and(|name| {
+                            self.services
+                                .iter()
+                                .any(|s| s.spec.name == name && matches!(s.state, State::Running { .. } | State::Done))
+                        }),
+                    };
+                    if !up {
+                        unmet.push(format!("service {id}"));
+                    }
+                }
+                Dependency::Path(path) => {
+                    if !Path::new(path).exists() {
+                        unmet.push(format!("path {path}"));
+                    }
+                }
+                Dependency::Network(checks) => {
+                    for check in checks {
+                        if !facts.network_holds(*check) {
+                            unmet.push(format!("network.{}", check.name()));
+                        }
+                    }
+                }
+                Dependency::Time if !facts.time_synced => unmet.push("time".to_string()),
+                Dependency::Configuration if !facts.configuration => unmet.push("configuration".to_string()),
+                Dependency::Time | Dependency::Configuration => {}
+            }
+        }
+        // Talos waits for an environmentFile to exist before it reads it.
+        if let Some(file) = &spec.container.environment_file {
+            if !Path::new(file).exists() {
+                unmet.push(format!("path {file} (environmentFile)"));
+            }
+        }
+        unmet
     }
 
-    /// Starts services whose depends-paths now exist and restarts those whose backoff is over.
-    pub fn tick(&mut self) {
+    /// Starts services whose dependencies now hold and restarts those whose backoff is over.
+    pub fn tick(&mut self, facts: &Facts) {
         let now = Instant::now();
         for i in 0..self.services.len() {
             let due = match self.services[i].state {
-                State::Waiting(_) => self.services[i].spec.depends_paths.iter().all(|p| Path::new(p).exists()),
+                State::Waiting(_) => self.unmet(i, facts).is_empty(),
                 State::Backoff(at) => at <= now,
                 _ => false,
             };
@@ -156,9 +274,7 @@ impl Supervisor {
     /// Whether a service waits for a device path (under /dev), which machined's own links may
     /// provide: then they are worth rescanning.
     pub fn waiting_for_devices(&self) -> bool {
-        self.services.iter().any(|s| {
-            matches!(s.state, State::Waiting(_)) && s.spec.depends_paths.iter().any(|p| p.starts_with("/dev/"))
-        })
+        self.services.iter().any(|s| matches!(s.state, State::Waiting(_)) && waits_for_device(&s.spec))
     }
 
     /// When the next service in backoff is due to start again.
@@ -172,21 +288,22 @@ impl Supervisor {
             .min()
     }
 
-    /// Whether any service waits for a path at all.
+    /// Whether any service waits for its dependencies at all.
     pub fn waiting(&self) -> bool {
         self.services.iter().any(|s| matches!(s.state, State::Waiting(_)))
     }
 
     fn start(&mut self, i: usize) {
-        self.drain_log(i);
+        self.drain_output(i);
         match self.spawn(i) {
-            Ok((pid, log)) => {
+            Ok((pid, output)) => {
                 let svc = &mut self.services[i];
                 crate::console::write(
                     format!("{SERVICE}{} started pid={pid} restarts={}\n", svc.spec.name, svc.restarts).as_bytes(),
                 );
                 svc.state = State::Running { pid, since: Instant::now() };
-                svc.log = Some((log, LineBuffer::default()));
+                svc.output = Some((output, LineBuffer::default()));
+                svc.last_error = None;
             }
             Err(e) => {
                 let svc = &mut self.services[i];
@@ -196,21 +313,52 @@ impl Supervisor {
                     format!("{SERVICE}{} failed to start: {e}; retrying in {} s\n", svc.spec.name, delay.as_secs())
                         .as_bytes(),
                 );
+                svc.last_error = Some(e);
                 svc.state = State::Backoff(Instant::now() + delay);
             }
         }
     }
 
     fn spawn(&mut self, i: usize) -> Fallible<(i32, File)> {
-        let svc = &self.services[i];
+        let svc = &mut self.services[i];
         let name = svc.spec.name.clone();
+        let container = &svc.spec.container;
         let procs = format!("{}/cgroup.procs", cgroups::service_cgroup(&name)?);
+        let mut environment = match &container.environment_file {
+            Some(file) => environment_file(file)?,
+            None => Vec::new(),
+        };
+        environment.extend(container.environment.iter().cloned());
+        let program = match service_spec::entrypoint_in_root(&container.entrypoint) {
+            Some(path) => path,
+            None if environment.iter().any(|(k, _)| k == "PATH") => container.entrypoint.clone(),
+            None => {
+                return Err(format!(
+                    "entrypoint {:?} is a bare name and the service sets no PATH (Talos gives extension services \
+                     none): name it by its path, or set PATH in container.environment",
+                    container.entrypoint
+                ))
+            }
+        };
+        if svc.log_file.is_none() {
+            if let Some(path) = svc.log_path() {
+                let opened = fs::create_dir_all(LOG_DIR)
+                    .and_then(|()| fs::OpenOptions::new().create(true).append(true).open(&path));
+                match opened {
+                    Ok(file) => svc.log_file = Some(file),
+                    Err(e) => crate::console::write(
+                        format!("{SERVICE}{name} warning: cannot open {path} ({e}); its output goes to the console\n")
+                            .as_bytes(),
+                    ),
+                }
+            }
+        }
         let (log_read, log_write) = sys::pipe().map_err(|e| format!("pipe for {name}'s output: {e}"))?;
         let log_write2 = log_write.try_clone().map_err(|e| format!("dup {name}'s output pipe: {e}"))?;
-        let mut cmd = Command::new(&svc.spec.entrypoint);
-        cmd.args(&svc.spec.args)
+        let mut cmd = Command::new(&program);
+        cmd.args(&container.args)
             .env_clear()
-            .env("PATH", PATH)
+            .envs(environment)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log_write))
             .stderr(Stdio::from(log_write2));
@@ -218,16 +366,18 @@ impl Supervisor {
             Isolation::Shared => {
                 // SAFETY: the closure runs in the forked child and only makes system calls (see the
                 // module comment on threads).
-                unsafe { cmd.pre_exec(move || join_cgroup(&procs)) };
+                unsafe { cmd.pre_exec(move || service_root::join_cgroup(&procs)) };
                 cmd.spawn()
             }
             Isolation::Own => {
-                create_state_dirs(&svc.spec.binds)?;
-                let plan = Isolated {
+                create_bind_sources(&container.mounts)?;
+                let plan = Plan {
                     name: name.clone(),
-                    root: svc.spec.root.clone(),
-                    binds: svc.spec.binds.clone(),
+                    root: format!("{}/{name}", crate::protocol::SERVICE_ROOTS),
                     stage: format!("{STAGE_DIR}/{name}"),
+                    stage_parent_mount: STAGE_MOUNT.to_string(),
+                    mounts: container.mounts.clone(),
+                    security: container.security.clone(),
                     procs,
                 };
                 fs::create_dir_all(&plan.stage).map_err(|e| format!("create {}: {e}", plan.stage))?;
@@ -255,15 +405,21 @@ impl Supervisor {
                 let mut lines = LineBuffer::default();
                 let mut buf = [0u8; 4096];
                 let mut log_read = log_read;
+                let prefix = &self.services[i].prefix;
                 while let Ok(n) = log_read.read(&mut buf) {
                     if n == 0 {
                         break;
                     }
-                    lines.push(&buf[..n], &self.services[i].prefix, &mut out);
+                    lines.push(&buf[..n], prefix, &mut out);
                 }
-                lines.flush(&self.services[i].prefix, &mut out);
+                lines.flush(prefix, &mut out);
                 crate::console::write(&out);
-                Err(format!("start {}: {e}", self.services[i].spec.entrypoint))
+                let why = String::from_utf8_lossy(&out)
+                    .lines()
+                    .last()
+                    .map(|l| format!(" ({})", l.trim()))
+                    .unwrap_or_default();
+                Err(format!("start {program}: {e}{why}"))
             }
         }
     }
@@ -271,49 +427,47 @@ impl Supervisor {
     /// Handles a reaped child if it is one of the services; returns whether it was.
     pub fn on_exit(&mut self, pid: i32, wait_status: c_int) -> bool {
         let stopping = self.stopping;
-        let svc = match self.services.iter_mut().find(|s| matches!(s.state, State::Running { pid: p, .. } if p == pid))
-        {
-            Some(svc) => svc,
-            None => return false,
+        let Some(i) = self.services.iter().position(|s| matches!(s.state, State::Running { pid: p, .. } if p == pid))
+        else {
+            return false;
         };
+        self.drain_output(i);
+        let svc = &mut self.services[i];
         let ran = match svc.state {
             State::Running { since, .. } => since.elapsed(),
             _ => Duration::ZERO,
         };
         let how = describe_wait_status(wait_status);
-        if stopping || svc.spec.restart == Restart::Never {
-            crate::console::write(
-                format!("{SERVICE}{} exited ({how}) after {:.1} s\n", svc.spec.name, ran.as_secs_f64()).as_bytes(),
-            );
-            svc.state = State::Exited;
+        let succeeded = wait_status == 0;
+        let after = format!("{SERVICE}{} exited ({how}) after {:.1} s", svc.spec.name, ran.as_secs_f64());
+        if stopping || svc.spec.restart == Restart::Never || (svc.spec.restart == Restart::UntilSuccess && succeeded) {
+            let done = !stopping && svc.spec.restart == Restart::UntilSuccess;
+            crate::console::write(format!("{after}{}\n", if done { "; done" } else { "" }).as_bytes());
+            svc.state = if done { State::Done } else { State::Exited };
             return true;
         }
         svc.failures = if ran >= HEALTHY_RUN { 1 } else { svc.failures + 1 };
         let delay = parse::restart_backoff(svc.failures);
-        crate::console::write(
-            format!(
-                "{SERVICE}{} exited ({how}) after {:.1} s; {SERVICE_RESTARTING} {} s\n",
-                svc.spec.name,
-                ran.as_secs_f64(),
-                delay.as_secs()
-            )
-            .as_bytes(),
-        );
+        crate::console::write(format!("{after}; {SERVICE_RESTARTING} {} s\n", delay.as_secs()).as_bytes());
         svc.state = State::Backoff(Instant::now() + delay);
         true
     }
 
     /// The services' output pipes to poll, with the service index.
-    pub fn log_fds(&self) -> Vec<(RawFd, usize)> {
-        self.services.iter().enumerate().filter_map(|(i, s)| s.log.as_ref().map(|(f, _)| (f.as_raw_fd(), i))).collect()
+    pub fn output_fds(&self) -> Vec<(RawFd, usize)> {
+        self.services
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.output.as_ref().map(|(f, _)| (f.as_raw_fd(), i)))
+            .collect()
     }
 
-    /// Copies what service `i` wrote to the console, prefixed per line.
-    pub fn drain_log(&mut self, i: usize) {
+    /// Moves what service `i` wrote to its log (the console, prefixed, or its file), keeping the tail.
+    pub fn drain_output(&mut self, i: usize) {
         let svc = &mut self.services[i];
         let mut closed = false;
-        let mut out = Vec::new();
-        if let Some((file, lines)) = svc.log.as_mut() {
+        let mut lines_out = Vec::new();
+        if let Some((file, lines)) = svc.output.as_mut() {
             let mut buf = [0u8; 16 * 1024];
             // Bounded, so one chatty service cannot starve the rest of the loop.
             for _ in 0..8 {
@@ -322,33 +476,53 @@ impl Supervisor {
                         closed = true;
                         break;
                     }
-                    Ok(n) => lines.push(&buf[..n], &svc.prefix, &mut out),
+                    Ok(n) => lines.push(&buf[..n], "", &mut lines_out),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(_) => break, // WouldBlock: all read
                 }
             }
             if closed {
-                lines.flush(&svc.prefix, &mut out);
+                lines.flush("", &mut lines_out);
             }
         }
         if closed {
-            svc.log = None;
+            svc.output = None;
         }
-        if !out.is_empty() {
-            crate::console::write(&out);
+        if lines_out.is_empty() {
+            return;
+        }
+        let mut console = Vec::new();
+        for line in String::from_utf8_lossy(&lines_out).lines() {
+            if svc.tail.len() == TAIL_LINES {
+                svc.tail.pop_front();
+            }
+            svc.tail.push_back(line.to_string());
+            let logged =
+                svc.log_file.as_mut().is_some_and(|file| file.write_all(format!("{line}\n").as_bytes()).is_ok());
+            if !logged {
+                console.extend_from_slice(format!("{}{line}\n", svc.prefix).as_bytes());
+            }
+        }
+        if !console.is_empty() {
+            crate::console::write(&console);
         }
     }
 
-    /// Whether every service is up: running, or given up waiting for a depends-path after `grace`,
-    /// or (for restart=never) run and exited.
-    /// A path under /dev is a device the kernel may still be discovering (a virtio port appears a
-    /// moment after its driver loads), worth waiting for; any other path is something the operator
-    /// provides (e.g. iscsid's initiator name) and does not hold the node back.
-    pub fn settled(&self, grace: Duration) -> bool {
-        self.services.iter().all(|s| match s.state {
-            State::Running { .. } | State::Exited | State::Invalid(_) => true,
+    /// Whether every service is up, or waits for nothing that is on its way: running, done, exited,
+    /// invalid, or waiting only for what the node does not promise soon (a device path holds it back
+    /// for `grace`, containerd until it answers; the network, the config, the clock, an operator's
+    /// file do not).
+    pub fn settled(&self, grace: Duration, facts: &Facts) -> bool {
+        (0..self.services.len()).all(|i| match self.services[i].state {
+            State::Running { .. } | State::Exited | State::Done | State::Invalid(_) => true,
             State::Waiting(since) => {
-                since.elapsed() >= grace || !s.spec.depends_paths.iter().any(|p| p.starts_with("/dev/"))
+                let unmet = self.unmet(i, facts);
+                if unmet.is_empty() {
+                    return false; // it starts at the next tick
+                }
+                let device = unmet.iter().any(|u| u.starts_with("path /dev/"));
+                let cri = unmet.iter().any(|u| u == "service cri" || u == "service containerd");
+                !(cri || (device && since.elapsed() < grace))
             }
             State::Backoff(_) => false,
         })
@@ -361,30 +535,57 @@ impl Supervisor {
         })
     }
 
-    pub fn summaries(&self) -> Vec<Summary> {
-        self.services
-            .iter()
-            .map(|s| {
+    pub fn summaries(&self, facts: &Facts) -> Vec<Summary> {
+        (0..self.services.len())
+            .map(|i| {
+                let s = &self.services[i];
                 let (pid, state) = match &s.state {
-                    State::Waiting(_) => (None, format!("waiting for {}", s.spec.depends_paths.join(", "))),
-                    State::Running { pid, .. } => (Some(*pid), "running".to_string()),
-                    State::Backoff(_) => (None, "restarting".to_string()),
-                    State::Exited => (None, "exited".to_string()),
-                    State::Invalid(e) => (None, format!("invalid: {e}")),
+                    State::Waiting(_) => (None, "waiting"),
+                    State::Running { pid, .. } => (Some(*pid), "running"),
+                    State::Backoff(_) => (None, "restarting"),
+                    State::Exited => (None, "exited"),
+                    State::Done => (None, "done"),
+                    State::Invalid(_) => (None, "invalid"),
+                };
+                let waiting_for = if state == "waiting" { self.unmet(i, facts) } else { Vec::new() };
+                let error = match &s.state {
+                    State::Invalid(e) => Some(e.clone()),
+                    _ => s.last_error.clone(),
                 };
                 let (cgroup, namespaces) = match pid {
                     Some(pid) => (process_cgroup(pid), own_namespaces(pid)),
                     None => (None, Vec::new()),
                 };
-                Summary { name: s.spec.name.clone(), pid, restarts: s.restarts, state, cgroup, namespaces }
+                Summary {
+                    name: s.spec.name.clone(),
+                    pid,
+                    restarts: s.restarts,
+                    state: state.to_string(),
+                    waiting_for,
+                    error,
+                    warnings: s.warnings.clone(),
+                    log: s.log_path().unwrap_or_else(|| "console".to_string()),
+                    log_tail: s.tail.iter().cloned().collect(),
+                    cgroup,
+                    namespaces,
+                }
             })
             .collect()
     }
 
     /// Stops every service: SIGTERM, then SIGKILL for what is left after `grace`. `reap` is the
     /// caller's reaper (it also handles children that are not services) and is called while waiting.
-    pub fn stop_all<F: FnMut(&mut Supervisor)>(&mut self, grace: Duration, mut reap: F) {
+    pub fn stop_all<F: FnMut(&mut Supervisor)>(&mut self, grace: Duration, reap: F) {
         self.stopping = true;
+        self.stop_processes(grace, reap);
+        // The log files keep /var busy, which must be unmounted next.
+        for i in 0..self.services.len() {
+            self.drain_output(i);
+            self.services[i].log_file = None;
+        }
+    }
+
+    fn stop_processes<F: FnMut(&mut Supervisor)>(&mut self, grace: Duration, mut reap: F) {
         for (sig, wait) in [(sys::SIGTERM, grace), (sys::SIGKILL, Duration::from_secs(2))] {
             let running: Vec<(String, i32)> = self
                 .services
@@ -414,7 +615,7 @@ impl Supervisor {
             while start.elapsed() < wait {
                 reap(self);
                 for i in 0..self.services.len() {
-                    self.drain_log(i);
+                    self.drain_output(i);
                 }
                 if !self.services.iter().any(|s| matches!(s.state, State::Running { .. })) {
                     return;
@@ -425,31 +626,120 @@ impl Supervisor {
     }
 }
 
-/// Bind sources under /run and /var are the service's state (e.g. /run/qemu-guest-agent for its
-/// /run): created empty when missing, as they would be on a fresh node every boot. Anything else must
-/// exist.
-/// Writes a per-node file the service needs (when missing), `{random}` replaced by fresh random hex.
-fn create_node_file(path: &str, template: &str) -> io::Result<()> {
-    if Path::new(path).exists() {
-        return Ok(());
-    }
-    if let Some(parent) = Path::new(path).parent() {
-        fs::create_dir_all(parent)?;
-    }
-    let mut random = [0u8; 16];
-    crate::sys::random_bytes(&mut random)?;
-    let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
-    fs::write(path, template.replace("{random}", &hex))
+fn waits_for_device(spec: &ServiceSpec) -> bool {
+    spec.depends.iter().any(|d| matches!(d, Dependency::Path(p) if p.starts_with("/dev/")))
 }
 
-fn create_state_dirs(binds: &[parse::Bind]) -> Fallible<()> {
-    for bind in binds {
-        let state = bind.src.starts_with("/run/") || bind.src.starts_with("/var/");
-        if state && fs::symlink_metadata(&bind.src).is_err() {
-            fs::create_dir_all(&bind.src).map_err(|e| format!("create bind source {}: {e}", bind.src))?;
-            fs::set_permissions(&bind.src, fs::Permissions::from_mode(0o700))
-                .map_err(|e| format!("chmod bind source {}: {e}", bind.src))?;
+/// A spec standing in for a file that could not be read, so the service shows in the status.
+fn placeholder_spec(name: &str) -> ServiceSpec {
+    ServiceSpec {
+        name: name.to_string(),
+        depends: Vec::new(),
+        container: service_spec::Container {
+            entrypoint: String::new(),
+            args: Vec::new(),
+            mounts: Vec::new(),
+            environment: Vec::new(),
+            environment_file: None,
+            security: service_spec::Security::default(),
+        },
+        restart: Restart::Never,
+        log_to_console: true,
+    }
+}
+
+/// `KEY=value` lines of an environmentFile (blank lines and `#` comments skipped; `export ` and
+/// quotes around the value allowed), read when the service starts.
+fn environment_file(path: &str) -> Fallible<Vec<(String, String)>> {
+    let text = fs::read_to_string(path).map_err(|e| format!("environmentFile {path}: {e}"))?;
+    parse_environment(&text).map_err(|e| format!("environmentFile {path}: {e}"))
+}
+
+pub fn parse_environment(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
         }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(format!("line {}: {line:?} is not KEY=value", index + 1));
+        };
+        let key = key.trim();
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("line {}: {key:?} is not a variable name", index + 1));
+        }
+        let value = value.trim();
+        let unquoted = [('"', '"'), ('\'', '\'')]
+            .iter()
+            .find_map(|(a, b)| value.strip_prefix(*a).and_then(|v| v.strip_suffix(*b)))
+            .unwrap_or(value);
+        out.push((key.to_string(), unquoted.to_string()));
+    }
+    Ok(out)
+}
+
+/// As Talos does before a start: a bind mount's missing source is made, a directory of mode 0700.
+fn create_bind_sources(mounts: &[service_spec::Mount]) -> Fallible<()> {
+    for mount in mounts.iter().filter(|m| m.bind) {
+        if fs::symlink_metadata(&mount.source).is_err() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&mount.source)
+                .map_err(|e| format!("create the missing mount source {}: {e}", mount.source))?;
+        }
+    }
+    Ok(())
+}
+
+/// Where a per-node file may be created: under /var, /run or a writable directory of the root.
+pub fn creatable(path: &str) -> bool {
+    clean_absolute(path)
+        && ["/var", "/run"]
+            .iter()
+            .chain(WRITABLE_DIRS.iter())
+            .any(|dir| path.strip_prefix(dir).is_some_and(|rest| rest.starts_with('/') && rest.len() > 1))
+}
+
+/// Writes the per-node files the extensions ask for (`<CREATE_FILES>/<extension>.yaml`, their
+/// packages.toml `create-file`), each only when missing, `{random}` replaced by fresh random hex.
+/// Problems are reported and do not stop the boot: a service waiting for the file says what it lacks.
+pub fn create_node_files() {
+    let Ok(entries) = fs::read_dir(CREATE_FILES) else { return };
+    let mut files: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+    files.sort();
+    for list in files {
+        let shown = list.display().to_string();
+        let created = fs::read_to_string(&list)
+            .map_err(|e| e.to_string())
+            .and_then(|text| serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text).map_err(|e| e.to_string()))
+            .and_then(|value| create_listed(&value));
+        if let Err(e) = created {
+            crate::console::write(format!("machined: {shown}: {e}\n").as_bytes());
+        }
+    }
+}
+
+fn create_listed(list: &serde_yaml_ng::Value) -> Result<(), String> {
+    let items = list.as_sequence().ok_or("not a list of {path, content}")?;
+    for (i, item) in items.iter().enumerate() {
+        let field = |key: &str| item.get(key).and_then(|v| v.as_str()).ok_or(format!("entry {i}: no string `{key}`"));
+        let (path, content) = (field("path")?, field("content")?);
+        if !creatable(path) {
+            return Err(format!("entry {i}: {path:?} is not under /var, /run or {}", WRITABLE_DIRS.join(", ")));
+        }
+        if Path::new(path).exists() {
+            continue;
+        }
+        let parent = Path::new(path).parent().unwrap_or(Path::new("/"));
+        let mut random = [0u8; 16];
+        let written = fs::create_dir_all(parent)
+            .and_then(|()| sys::random_bytes(&mut random))
+            .and_then(|()| fs::write(path, content.replace("{random}", &parse::hex(&random))))
+            .and_then(|()| fs::set_permissions(path, fs::Permissions::from_mode(0o644)));
+        written.map_err(|e| format!("creating {path}: {e}"))?;
     }
     Ok(())
 }
@@ -483,181 +773,46 @@ pub fn describe_wait_status(status: c_int) -> String {
     }
 }
 
-/// Moves the calling process into the cgroup whose cgroup.procs is `procs` ("0" means the writer).
-fn join_cgroup(procs: &str) -> io::Result<()> {
-    step(&format!("join cgroup {procs}"), fs::write(procs, "0"))?;
-    // A session of its own: the service gets no controlling terminal and its own process group.
-    // SAFETY: plain system call.
-    unsafe { sys::setsid() };
-    Ok(())
-}
+/// An extension service as read from its file: its spec and warnings, or (name, why it is unusable).
+pub type Discovered = Result<(ServiceSpec, Vec<String>), (String, String)>;
 
-/// In the child: reports a failed set-up step on its output (the service's log pipe) and passes the
-/// error on, so the parent's spawn fails with it.
-fn step<T>(what: &str, result: io::Result<T>) -> io::Result<T> {
-    result.map_err(|e| {
-        let _ = sys::write_all_fd(2, format!("machined: {what}: {e}\n").as_bytes());
-        e
-    })
-}
-
-/// Everything the child needs to build an isolated service's root.
-struct Isolated {
-    name: String,
-    root: String,
-    binds: Vec<parse::Bind>,
-    stage: String,
-    procs: String,
-}
-
-impl Isolated {
-    /// Runs in the forked child, before exec.
-    fn enter(&self) -> io::Result<()> {
-        join_cgroup(&self.procs)?;
-        let flags = sys::CLONE_NEWNS | sys::CLONE_NEWIPC | sys::CLONE_NEWUTS;
-        // SAFETY: plain system call.
-        step("unshare mount, IPC and UTS namespaces", sys::check(unsafe { sys::unshare(flags) }))?;
-        // Nothing mounted here may propagate back to the node.
-        step("make / private", sys::do_mount(None, "/", None, sys::MS_REC | sys::MS_PRIVATE, None))?;
-        let stage = &self.stage;
-        step(
-            &format!("mount tmpfs on {stage}"),
-            sys::do_mount(Some("tmpfs"), stage, Some("tmpfs"), sys::MS_NOSUID | sys::MS_NODEV, Some("mode=0755")),
-        )?;
-        // The skeleton: mount points for everything mounted below, as an overlay layer above the
-        // service's root, so the extension's (read-only) tree need not contain them.
-        let skel = format!("{stage}/skel");
-        let new_root = format!("{stage}/root");
-        step("create the root skeleton", fs::create_dir(&skel).and_then(|()| fs::create_dir(&new_root)))?;
-        for dir in ["/tmp", "/proc"] {
-            step(&format!("create mount point {dir}"), fs::create_dir_all(format!("{skel}{dir}")))?;
-        }
-        for bind in &self.binds {
-            let point = format!("{skel}{}", bind.dst);
-            let is_dir = fs::metadata(&bind.src).map(|m| m.is_dir());
-            let is_dir = step(&format!("bind source {}", bind.src), is_dir)?;
-            let made = if is_dir {
-                fs::create_dir_all(&point)
-            } else {
-                fs::create_dir_all(Path::new(&point).parent().unwrap_or_else(|| Path::new("/"))).and_then(|()| {
-                    fs::OpenOptions::new().write(true).create(true).truncate(false).open(&point).map(drop)
-                })
-            };
-            step(&format!("create mount point {}", bind.dst), made)?;
-        }
-        // Two lower layers and no upper: overlayfs mounts it read-only by construction.
-        let options = format!("lowerdir={skel}:{}", self.root);
-        step(
-            &format!("mount the service root (overlay {options}) on {new_root}"),
-            sys::do_mount(Some("overlay"), &new_root, Some("overlay"), sys::MS_RDONLY, Some(&options)),
-        )?;
-        let hardened = sys::MS_NOSUID | sys::MS_NODEV | sys::MS_NOEXEC;
-        step(
-            "mount a private /tmp",
-            sys::do_mount(
-                Some("tmpfs"),
-                &format!("{new_root}/tmp"),
-                Some("tmpfs"),
-                sys::MS_NOSUID | sys::MS_NODEV,
-                Some("mode=1777"),
-            ),
-        )?;
-        let mut proc_mounted = false;
-        for bind in &self.binds {
-            let target = format!("{new_root}{}", bind.dst);
-            if bind.dst == "/proc" {
-                // A procfs of the service's own PID namespace, not a view of the node's processes.
-                step("mount /proc", sys::do_mount(Some("proc"), &target, Some("proc"), hardened, None))?;
-                proc_mounted = true;
-                continue;
-            }
-            step(
-                &format!("bind {} on {}", bind.src, bind.dst),
-                sys::do_mount(Some(&bind.src), &target, None, sys::MS_BIND | sys::MS_REC, None),
-            )?;
-            if !bind.rw {
-                step(
-                    &format!("make {} read-only", bind.dst),
-                    sys::do_mount(None, &target, None, sys::MS_REMOUNT | sys::MS_BIND | sys::MS_RDONLY, None),
-                )?;
-            }
-        }
-        if !proc_mounted {
-            step(
-                "mount /proc",
-                sys::do_mount(Some("proc"), &format!("{new_root}/proc"), Some("proc"), hardened, None),
-            )?;
-        }
-        let host = sys::cstr(&self.name);
-        // SAFETY: host is a live NUL-terminated string of the given length.
-        step("set the host name", sys::check(unsafe { sys::sethostname(host.as_ptr(), self.name.len()) }))?;
-        let root = sys::cstr(&new_root);
-        let dot = sys::cstr(".");
-        let slash = sys::cstr("/");
-        // SAFETY: NUL-terminated paths; pivot_root(".", ".") stacks the old root under the new one,
-        // and the detach below drops it.
-        unsafe {
-            step("chdir into the new root", sys::check(sys::chdir(root.as_ptr())))?;
-            let ret = sys::syscall(sys::SYS_PIVOT_ROOT, dot.as_ptr(), dot.as_ptr()) as c_int;
-            step("pivot_root", sys::check(ret))?;
-        }
-        step("detach the node's root", sys::do_umount(".", sys::MNT_DETACH))?;
-        // SAFETY: NUL-terminated path.
-        step("chdir /", sys::check(unsafe { sys::chdir(slash.as_ptr()) }))?;
-        Ok(())
-    }
-}
-
-/// An extension service as read from its file: its spec, or (name, why it is unusable).
-pub type Discovered = Result<ServiceSpec, (String, String)>;
-
-/// Reads the extension services' files (`*.machined` in SERVICE_SPECS), sorted by name. A file that does
-/// not parse becomes an invalid service (reported, never started) rather than stopping the node.
+/// Reads the extension services' spec files (`*.yaml` in SERVICE_SPECS, Talos's format), sorted by
+/// name. A file that does not parse becomes an invalid service (reported, never started) rather than
+/// stopping the node; unknown keys are warnings, as in Talos.
 pub fn discover() -> Vec<Discovered> {
     let mut files: Vec<String> = match fs::read_dir(SERVICE_SPECS) {
         Ok(entries) => entries
             .filter_map(|e| e.ok())
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.strip_suffix(SERVICE_SUFFIX).is_some_and(|stem| stem.ends_with('.')))
+            .filter(|n| n.ends_with(".yaml"))
             .collect(),
         Err(_) => return Vec::new(), // no extension services
     };
     files.sort();
-    files
-        .into_iter()
-        .map(|file| {
-            let stem = file[..file.len() - SERVICE_SUFFIX.len() - 1].to_string();
-            let path = format!("{SERVICE_SPECS}/{file}");
-            fs::read_to_string(&path)
-                .map_err(|e| format!("read {path}: {e}"))
-                .and_then(|text| parse::service_spec(&text).map_err(|e| format!("{path}: {e}")))
-                .and_then(|spec| {
-                    if spec.name == stem {
-                        Ok(spec)
-                    } else {
-                        Err(format!("{path}: name={} does not match the file name", spec.name))
-                    }
-                })
-                .map_err(|e| (stem, e))
-        })
-        .collect()
-}
-
-impl Supervisor {
-    /// Adds discovered extension services, isolated.
-    pub fn add_extension_services(&mut self, discovered: Vec<Discovered>) {
-        for service in discovered {
-            match service {
-                Ok(spec) => self.add(spec, Isolation::Own),
-                Err((name, error)) => self.add_invalid(&name, error),
+    let mut found: Vec<Discovered> = Vec::new();
+    for file in files {
+        let stem = file.trim_end_matches(".yaml").to_string();
+        let path = format!("{SERVICE_SPECS}/{file}");
+        let parsed = fs::read_to_string(&path).map_err(|e| format!("read {path}: {e}")).and_then(|text| {
+            service_spec::parse(&text)
+                .map_err(|problems| problems.iter().map(|p| p.at(&path)).collect::<Vec<_>>().join("; "))
+        });
+        let entry = match parsed {
+            Ok(p) if found.iter().any(|f| matches!(f, Ok((s, _)) if s.name == p.spec.name)) => {
+                Err((stem, format!("{path}: a second service named {} (Talos refuses the duplicate)", p.spec.name)))
             }
-        }
+            Ok(p) => Ok((p.spec, p.warnings.iter().map(|w| w.at(&path)).collect())),
+            Err(e) => Err((stem, e)),
+        };
+        found.push(entry);
     }
+    found
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::facts::NetworkFacts;
 
     #[test]
     fn wait_statuses() {
@@ -665,5 +820,80 @@ mod tests {
         assert_eq!(describe_wait_status(1 << 8), "status 1");
         assert_eq!(describe_wait_status(9), "signal SIGKILL");
         assert_eq!(describe_wait_status(15 | 0x80), "signal SIGTERM");
+    }
+
+    #[test]
+    fn environment_files_parse() {
+        let text = "# comment\n\nA=1\nexport B = \"two words\"\nC='x=y'\n";
+        assert_eq!(
+            parse_environment(text).unwrap(),
+            [("A".into(), "1".into()), ("B".into(), "two words".into()), ("C".into(), "x=y".into())]
+        );
+        assert!(parse_environment("A=1\nnonsense\n").unwrap_err().starts_with("line 2"));
+        assert!(parse_environment("A-B=1\n").is_err());
+    }
+
+    #[test]
+    fn creatable_paths_are_the_writable_places() {
+        for ok in ["/var/lib/x", "/run/x", "/etc/iscsi/initiatorname.iscsi"] {
+            assert!(creatable(ok), "{ok}");
+        }
+        for bad in ["/etc/x", "/var", "/etc/iscsi", "/var/../etc/x", "var/x", "/etc/iscsix/y"] {
+            assert!(!creatable(bad), "{bad}");
+        }
+    }
+
+    fn supervisor(specs: &[&str]) -> Supervisor {
+        let mut s = Supervisor { services: Vec::new(), own_pid_ns: File::open("/dev/null").unwrap(), stopping: false };
+        let discovered = specs
+            .iter()
+            .map(|text| {
+                service_spec::parse(text).map(|p| (p.spec, Vec::new())).map_err(|e| ("x".to_string(), format!("{e:?}")))
+            })
+            .collect();
+        s.add_extension_services(discovered);
+        s
+    }
+
+    const ISCSID: &str = include_str!("../../tests/fixtures/talos-services/storage/iscsi-tools/iscsid.yaml");
+
+    #[test]
+    fn waiting_says_what_for_and_facts_release_it() {
+        let s = supervisor(&[ISCSID]);
+        let none = Facts::default();
+        assert_eq!(
+            s.unmet(0, &none)[..5],
+            ["service cri", "network.addresses", "network.connectivity", "network.hostname", "network.etcfiles"]
+        );
+        assert!(!s.settled(Duration::ZERO, &none), "containerd is coming: wait for it");
+        let cri = Facts { cri: true, ..Facts::default() };
+        assert!(s.unmet(0, &cri).iter().all(|u| u.starts_with("network.") || u.starts_with("path ")));
+        assert!(s.settled(Duration::ZERO, &cri), "the network is not promised: the node is ready without it");
+        let all = Facts {
+            cri: true,
+            network: NetworkFacts { addresses: true, connectivity: true, hostname: true, etcfiles: true },
+            configuration: true,
+            time_synced: true,
+        };
+        assert_eq!(s.unmet(0, &all), ["path /etc/iscsi/initiatorname.iscsi"]);
+        let free = supervisor(&["name: free\ncontainer:\n  entrypoint: /f\nrestart: always\n"]);
+        assert!(!free.settled(Duration::ZERO, &none), "a service about to start holds the node until it has");
+    }
+
+    #[test]
+    fn unknown_services_make_a_spec_invalid_and_udevd_warns() {
+        let needs =
+            |id: &str| format!("name: s\ndepends:\n  - service: {id}\ncontainer:\n  entrypoint: /s\nrestart: always\n");
+        let s = supervisor(&[&needs("kubelet")]);
+        let summary = &s.summaries(&Facts::default())[0];
+        assert_eq!(summary.state, "invalid");
+        assert!(summary.error.as_deref().unwrap().contains("depends on service kubelet, which this node does not run"));
+        let s = supervisor(&[&needs("udevd")]);
+        assert!(s.unmet(0, &Facts::default()).is_empty());
+        assert!(s.summaries(&Facts::default())[0].warnings[0].contains("udevd, which this node does not run"));
+        let other = "name: other\ncontainer:\n  entrypoint: /o\nrestart: always\n";
+        let s = supervisor(&[other, &needs("ext-other")]);
+        assert_eq!(s.unmet(1, &Facts::default()), ["service ext-other"]);
+        assert_eq!(s.summaries(&Facts::default())[1].state, "waiting");
     }
 }

@@ -1,5 +1,6 @@
 //! What machined reports once the node is up: the one status line's model and its JSON.
 
+use crate::facts::Facts;
 use crate::{cgroups, containerd, json, scratch, services};
 
 /// An extension as reported.
@@ -40,6 +41,8 @@ pub struct Status {
     pub extensions: Vec<ExtensionStatus>,
     pub containerd: ContainerdStatus,
     pub services: Vec<services::Summary>,
+    /// What the services' dependencies were judged against.
+    pub facts: Facts,
     pub scratch: json::Object,
     pub shells_found: Vec<String>,
     pub shells_checked: u64,
@@ -70,19 +73,6 @@ pub fn status_json(s: Status) -> String {
         }
         ContainerdStatus::NotAnswering { error } => containerd.str("error", error),
     };
-    let services = s
-        .services
-        .iter()
-        .map(|svc| {
-            json::Object::new()
-                .str("name", &svc.name)
-                .opt_i64("pid", svc.pid.map(i64::from))
-                .u64("restarts", u64::from(svc.restarts))
-                .str("state", &svc.state)
-                .opt_str("cgroup", svc.cgroup.as_deref())
-                .str_array("namespaces", &svc.namespaces)
-        })
-        .collect();
     let cgroups = json::Object::new()
         .str("system", cgroups::SYSTEM)
         .str("kubepods", cgroups::KUBEPODS)
@@ -101,7 +91,8 @@ pub fn status_json(s: Status) -> String {
         .bool("ready", s.ready)
         .objects("extensions", extensions)
         .object("containerd", containerd)
-        .objects("services", services)
+        .objects("services", services_json(&s.services))
+        .object("facts", facts_json(&s.facts))
         .object("scratch", s.scratch)
         .str_array("shells_found", &s.shells_found)
         .u64("shells_checked", s.shells_checked)
@@ -112,6 +103,42 @@ pub fn status_json(s: Status) -> String {
         .object("milestones_ms", milestones)
         .objects_by_key(sections)
         .finish()
+}
+
+/// Each service: its state, what it waits for, its cgroup and namespaces, where its log goes and the
+/// log's last lines.
+pub fn services_json(services: &[services::Summary]) -> Vec<json::Object> {
+    services
+        .iter()
+        .map(|svc| {
+            json::Object::new()
+                .str("name", &svc.name)
+                .opt_i64("pid", svc.pid.map(i64::from))
+                .u64("restarts", u64::from(svc.restarts))
+                .str("state", &svc.state)
+                .str_array("waiting_for", &svc.waiting_for)
+                .opt_str("error", svc.error.as_deref())
+                .str_array("warnings", &svc.warnings)
+                .opt_str("cgroup", svc.cgroup.as_deref())
+                .str_array("namespaces", &svc.namespaces)
+                .str("log", &svc.log)
+                .str_array("log_tail", &svc.log_tail)
+        })
+        .collect()
+}
+
+/// The facts, named as Talos's `depends` names them.
+pub fn facts_json(facts: &Facts) -> json::Object {
+    let network = json::Object::new()
+        .bool("addresses", facts.network.addresses)
+        .bool("connectivity", facts.network.connectivity)
+        .bool("hostname", facts.network.hostname)
+        .bool("etcfiles", facts.network.etcfiles);
+    json::Object::new()
+        .bool("cri", facts.cri)
+        .object("network", network)
+        .bool("configuration", facts.configuration)
+        .bool("time", facts.time_synced)
 }
 
 pub fn scratch_json(outcome: &scratch::Outcome) -> json::Object {
@@ -157,9 +184,15 @@ mod tests {
                 pid: Some(42),
                 restarts: 0,
                 state: "running".into(),
+                waiting_for: vec![],
+                error: None,
+                warnings: vec![],
+                log: "console".into(),
+                log_tail: vec!["up".into()],
                 cgroup: Some("/system/containerd".into()),
                 namespaces: vec![],
             }],
+            facts: Facts { cri: true, ..Facts::default() },
             scratch: scratch_json(&scratch::Outcome::Tmpfs { missing: true, reason: "none".into() }),
             shells_found: vec![],
             shells_checked: 7,
@@ -182,7 +215,10 @@ mod tests {
                 r#""cmdline":"console=ttyAMA0 \"quoted\"","loop_device":"/dev/loop0","ready":true,"#,
                 r#""extensions":[{"name":"qemu-guest-agent","version":"7.2"}],"#,
                 r#""containerd":{"socket":"/run/containerd/containerd.sock","version":"1.6.20","revision":null},"#,
-                r#""services":[{"name":"containerd","pid":42,"restarts":0,"state":"running","cgroup":"/system/containerd","namespaces":[]}],"#,
+                r#""services":[{"name":"containerd","pid":42,"restarts":0,"state":"running","waiting_for":[],"error":null,"#,
+                r#""warnings":[],"cgroup":"/system/containerd","namespaces":[],"log":"console","log_tail":["up"]}],"#,
+                r#""facts":{"cri":true,"network":{"addresses":false,"connectivity":false,"hostname":false,"etcfiles":false},"#,
+                r#""configuration":false,"time":false},"#,
                 r#""scratch":{"missing":true,"var":"tmpfs","reason":"none"},"shells_found":[],"shells_checked":7,"#,
                 r#""setid_found":[],"world_writable_found":[],"#,
                 r#""cgroups":{"system":"/sys/fs/cgroup/system","kubepods":"/sys/fs/cgroup/kubepods","controllers":["cpu","memory"]},"#,

@@ -61,6 +61,7 @@ extern "C" {
     pub fn fcntl(fd: c_int, cmd: c_int, ...) -> c_int;
     pub fn getrandom(buf: *mut c_void, len: usize, flags: c_uint) -> isize;
     pub fn setsid() -> c_int;
+    pub fn mknod(path: *const c_char, mode: c_uint, dev: u64) -> c_int;
 }
 
 pub const MS_RDONLY: c_ulong = 1;
@@ -71,8 +72,16 @@ pub const MS_REMOUNT: c_ulong = 32;
 pub const MS_BIND: c_ulong = 4096;
 pub const MS_MOVE: c_ulong = 8192;
 pub const MS_REC: c_ulong = 16384;
+pub const MS_SYNCHRONOUS: c_ulong = 16;
+pub const MS_NOATIME: c_ulong = 1024;
+pub const MS_NODIRATIME: c_ulong = 2048;
+pub const MS_UNBINDABLE: c_ulong = 1 << 17;
 pub const MS_PRIVATE: c_ulong = 1 << 18;
+pub const MS_SLAVE: c_ulong = 1 << 19;
 pub const MS_SHARED: c_ulong = 1 << 20;
+pub const MS_RELATIME: c_ulong = 1 << 21;
+pub const MS_STRICTATIME: c_ulong = 1 << 24;
+pub const S_IFCHR: c_uint = 0o020000;
 
 pub const MNT_DETACH: c_int = 2;
 
@@ -90,6 +99,7 @@ pub const O_NONBLOCK: c_int = 0o4000;
 pub const O_CLOEXEC: c_int = 0o2000000;
 
 pub const SIG_BLOCK: c_int = 0;
+pub const SIG_SETMASK: c_int = 2;
 pub const SFD_NONBLOCK: c_int = O_NONBLOCK;
 pub const SFD_CLOEXEC: c_int = O_CLOEXEC;
 /// struct signalfd_siginfo is 128 bytes; ssi_signo (u32) comes first.
@@ -112,6 +122,7 @@ pub const POLLNVAL: c_short = 0x20;
 pub const RB_DISABLE_CAD: c_int = 0;
 pub const RB_POWER_OFF: c_int = 0x4321_fedc_u32 as c_int;
 pub const RB_HALT_SYSTEM: c_int = 0xcdef_0123_u32 as c_int;
+pub const RB_AUTOBOOT: c_int = 0x0123_4567;
 
 pub const CLOCK_BOOTTIME: c_int = 7;
 

@@ -60,6 +60,8 @@ enum Task {
     Verify(tasks::verify::VerifyArgs),
     /// Compare two build-image output directories artifact by artifact (e.g. built on two machines)
     CompareBuilds(tasks::compare_builds::CompareArgs),
+    /// Check Talos-format extension directories (manifest, packages.toml, service specs, Talos's content rules) without building
+    CheckExtension(tasks::check_extension::CheckExtensionArgs),
     /// Check that xtask/src follows the data flow: no stage uses a later one, no import cycles
     CheckLayout,
 }
@@ -86,6 +88,7 @@ fn run(cli: Cli) -> Result<()> {
         Task::Sign(args) => tasks::sign::run(global, args),
         Task::Verify(args) => tasks::verify::run(global, args),
         Task::CompareBuilds(args) => tasks::compare_builds::run(global, args),
+        Task::CheckExtension(args) => tasks::check_extension::run(global, args),
         Task::CheckLayout => tasks::check_layout::run(global),
     }
 }

@@ -8,8 +8,10 @@
 //!    port to 127.0.0.1, and the LAN), the guest agent's virtio-serial port and a virtio entropy source.
 //! 2. The console is watched until machined's status line (a failure or timeout ends it early).
 //! 3. From the host: the node's API through the forward (again after the lease was renewed, where the
-//!    role waits for that), and the guest agent's guest-ping and guest-info.
-//! 4. The ACPI power button (QMP system_powerdown), and QEMU's exit.
+//!    role waits for that), and the guest agent's guest-ping and guest-info (when the image runs it).
+//! 4. Shutdown, and QEMU's exit: through the guest agent's guest-shutdown when it answered (qemu-ga
+//!    runs /sbin/shutdown, machined's applet, which asks machined over its API socket), else the
+//!    ACPI power button (QMP system_powerdown).
 //! 5. The scratch disk image is scanned for the marker machined wrote to /var.
 //! 6. The verdict (verdict.rs) judges all of it at once: status, API, LAN, console, agent, scratch.
 //!
@@ -42,7 +44,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use verdict::{Evidence, GuestAgentReport, ScratchReport, Status};
+use verdict::{Evidence, GuestAgentReport, ScratchReport, ShutdownRequest, Status};
 
 /// How to boot.
 #[derive(Clone, Copy, Debug)]
@@ -76,7 +78,10 @@ pub struct NodeReport {
     pub ready_secs: f64,
     /// Seconds from QEMU start until the guest agent had answered guest-ping and guest-info.
     pub guest_agent_secs: Option<f64>,
-    /// Seconds from the power-button press to QEMU's exit.
+    /// The shutdown reason machined reported, as requested: `machine-api-poweroff` (guest-shutdown through
+    /// the guest agent) or `power-button`.
+    pub shutdown: String,
+    /// Seconds from the shutdown request to QEMU's exit.
     pub poweroff_secs: f64,
     pub status: Status,
     /// The status as the node's API served it through the forward (the last fetch).
@@ -247,11 +252,23 @@ fn boot_node(
         _ => (None, None),
     };
 
-    // 4. Power button.
-    step.set_message("pressing the power button");
+    // 4. Shutdown.
     let pressed = Instant::now();
-    let mut qmp = Qmp::connect(&machine.qmp_socket, Duration::from_secs(5))?;
-    qmp.execute("system_powerdown")?;
+    let shutdown = match (&devices.guest_agent_socket, &guest_agent) {
+        (Some(socket), Some(Ok(_))) => {
+            step.set_message("shutting down through the guest agent");
+            let mut agent = GuestAgent::connect(socket, Duration::from_secs(5))?;
+            agent.sync(GUEST_AGENT_LIMIT)?;
+            agent.send("guest-shutdown", serde_json::json!({"mode": "powerdown"}))?;
+            ShutdownRequest::GuestAgent
+        }
+        _ => {
+            step.set_message("pressing the power button");
+            let mut qmp = Qmp::connect(&machine.qmp_socket, Duration::from_secs(5))?;
+            qmp.execute("system_powerdown")?;
+            ShutdownRequest::PowerButton
+        }
+    };
     let exited = qemu.wait_timeout(POWEROFF_LIMIT)?;
     let poweroff = pressed.elapsed();
     step.done();
@@ -259,7 +276,7 @@ fn boot_node(
     if exited.is_none() {
         qemu.kill();
         bail!(
-            "{} as {}: the machine did not power off within {} s of the ACPI power button; console tail:\n{}",
+            "{} as {}: the machine did not power off within {} s of the shutdown request ({shutdown:?}); console tail:\n{}",
             board.name,
             scenario.name,
             POWEROFF_LIMIT.as_secs(),
@@ -307,12 +324,14 @@ fn boot_node(
         lan: &lan_log,
         expect: &scenario.expect,
         role: scenario.name,
+        shutdown,
     };
     let proven = verdict::judge(&evidence, manifest, board)?;
     Ok(NodeReport {
         role: scenario.name.to_string(),
         ready_secs: ready.as_secs_f64(),
         guest_agent_secs,
+        shutdown: shutdown.reason().to_string(),
         poweroff_secs: poweroff.as_secs_f64(),
         status,
         api_status: api_status.ok(),

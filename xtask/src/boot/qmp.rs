@@ -125,6 +125,12 @@ impl GuestAgent {
         }
     }
 
+    /// Sends a command that answers nothing when it works (guest-shutdown: the guest goes away).
+    pub fn send(&mut self, command: &str, arguments: serde_json::Value) -> Result<()> {
+        let request = serde_json::json!({ "execute": command, "arguments": arguments });
+        writeln!(self.writer, "{request}").context("writing to the guest agent")
+    }
+
     /// Runs a command (after `sync`) and returns its `return` value.
     pub fn execute(&mut self, command: &str, limit: Duration) -> Result<serde_json::Value> {
         writeln!(self.writer, "{}", serde_json::json!({ "execute": command })).context("writing to the guest agent")?;

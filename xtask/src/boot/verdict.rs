@@ -58,6 +58,9 @@ pub struct Status {
     pub world_writable_found: Option<Vec<String>>,
     #[serde(default)]
     pub cgroups: serde_json::Value,
+    /// What the services' dependencies were judged against (`cri`, `network.*`, `configuration`, `time`).
+    #[serde(default)]
+    pub facts: serde_json::Value,
     #[serde(default)]
     pub milestones_ms: serde_json::Value,
     /// The machine config: source, valid, role, error {field, why}.
@@ -71,9 +74,6 @@ pub struct Status {
     pub kubernetes: serde_json::Value,
     #[serde(default)]
     pub modules_on_demand: serde_json::Value,
-    /// What service dependencies are judged against.
-    #[serde(default)]
-    pub facts: serde_json::Value,
     #[serde(flatten)]
     pub rest: serde_json::Map<String, serde_json::Value>,
 }
@@ -96,6 +96,52 @@ pub struct ServiceStatus {
     /// Namespaces it does not share with machined.
     #[serde(default)]
     pub namespaces: Vec<String>,
+    /// For a waiting service, what does not hold yet (`network.connectivity`, `path /x`, `service cri`).
+    #[serde(default)]
+    pub waiting_for: Vec<String>,
+    /// Why it is invalid, or why its last start failed.
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// `console`, or the file its output goes to.
+    #[serde(default)]
+    pub log: String,
+    #[serde(default)]
+    pub log_tail: Vec<String>,
+}
+
+impl Status {
+    /// Whether the status reports the fact a service waits for (`network.connectivity`,
+    /// `configuration`, `time`) as not reached: a wait the node has not promised to end.
+    fn fact_missing(&self, waited: &str) -> bool {
+        let fact = match waited.split_once('.') {
+            Some(("network", check)) => self.facts.get("network").and_then(|n| n.get(check)),
+            None if waited == "configuration" || waited == "time" => self.facts.get(waited),
+            _ => None,
+        };
+        fact.and_then(|f| f.as_bool()) == Some(false)
+    }
+}
+
+/// How boot-test asked the node to shut down, and the reason machined must then report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShutdownRequest {
+    /// The ACPI power button (QMP system_powerdown).
+    PowerButton,
+    /// The guest agent's guest-shutdown: qemu-ga runs /sbin/shutdown, machined's applet, which asks
+    /// machined over its API socket.
+    GuestAgent,
+}
+
+impl ShutdownRequest {
+    /// The start of the reason in machined's `MACHINED-SHUTDOWN reason=...` line.
+    pub fn reason(self) -> &'static str {
+        match self {
+            ShutdownRequest::PowerButton => "power-button",
+            ShutdownRequest::GuestAgent => "machine-api-poweroff",
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -151,6 +197,7 @@ pub struct Evidence<'a> {
     /// What this role's node must report.
     pub expect: &'a Expectation,
     pub role: &'a str,
+    pub shutdown: ShutdownRequest,
 }
 
 /// What a passing boot proved, beyond the status itself.
@@ -176,8 +223,12 @@ pub fn judge(evidence: &Evidence, manifest: &Manifest, board: &Board) -> Result<
         Some(Ok(_)) | None => {}
     }
 
-    if !evidence.log.contains(SHUTDOWN) {
-        problems.push(format!("QEMU exited without machined's {SHUTDOWN} line"));
+    let wanted = format!("{SHUTDOWN} reason={}", evidence.shutdown.reason());
+    match evidence.log.lines().find(|l| l.starts_with(SHUTDOWN)) {
+        None => problems.push(format!("QEMU exited without machined's {SHUTDOWN} line")),
+        Some(line) if !line.starts_with(&wanted) => problems
+            .push(format!("asked to shut down by {:?}, machined reported {line:?}, not {wanted:?}", evidence.shutdown)),
+        Some(_) => {}
     }
     if let Err(e) = scan_for_failures(evidence.log, evidence.log_path) {
         problems.push(format!("{e:#}"));
@@ -481,8 +532,19 @@ fn status_problems(status: &Status, manifest: &Manifest, board: &Board, problems
         problems.push("containerd is not among the supervised services".to_string());
     }
     for svc in &status.services {
-        if svc.state != "running" {
-            problems.push(format!("service {} is {:?}, not running", svc.name, svc.state));
+        // Waiting is as good as running only for facts the node reports unreached (e.g. the network,
+        // until it is configured); any other wait, or any other state, disproves the image.
+        let waits_for_facts = svc.state == "waiting"
+            && !svc.waiting_for.is_empty()
+            && svc.waiting_for.iter().all(|w| status.fact_missing(w));
+        if svc.state != "running" && !waits_for_facts {
+            let detail = [
+                (!svc.waiting_for.is_empty()).then(|| format!("waiting for {}", svc.waiting_for.join(", "))),
+                svc.error.clone(),
+            ];
+            let detail: Vec<String> = detail.into_iter().flatten().collect();
+            let detail = if detail.is_empty() { String::new() } else { format!(" ({})", detail.join("; ")) };
+            problems.push(format!("service {} is {:?}, not running{detail}", svc.name, svc.state));
         }
         if svc.state == "running" && svc.pid.is_none() {
             problems.push(format!("service {} is running without a pid", svc.name));
@@ -504,6 +566,13 @@ fn status_problems(status: &Status, manifest: &Manifest, board: &Board, problems
         if svc.restarts > 0 {
             problems
                 .push(format!("service {} was restarted {} times before the node was ready", svc.name, svc.restarts));
+        }
+    }
+    // The extensions' services (Talos's specs, unchanged) are supervised.
+    for (extension, service) in [("qemu-guest-agent", "qemu-guest-agent"), ("iscsi-tools", "iscsid")] {
+        let loaded = manifest.extensions.iter().any(|e| e.name == extension);
+        if loaded && !status.services.iter().any(|s| s.name == service) {
+            problems.push(format!("the {extension} extension is loaded but machined does not supervise {service}"));
         }
     }
     if manifest.extensions.iter().any(|e| e.name == "qemu-guest-agent")
@@ -580,7 +649,7 @@ mod tests {
         serde_json::from_value(serde_json::json!({
             "image": "node", "version": "1", "arch": "arm64", "board": "qemu-arm64", "source_date_epoch": 0,
             "lock_sha256": "", "kernel": "6.1", "cmdline": "console=ttyAMA0 panic=-1",
-            "extensions": [{"name": "qemu-guest-agent", "version": "7.2"}],
+            "extensions": [{"name": "qemu-guest-agent", "version": "7.2"}, {"name": "iscsi-tools", "version": "2.1"}],
             "artifacts": [{"file": "node-arm64.raw", "size": 1, "sha256": "00"}],
         }))
         .unwrap()
@@ -592,13 +661,17 @@ mod tests {
             "arch": "arm64", "image": "node", "version": "1", "kernel": "6.1", "root_fstype": "overlay",
             "root_read_only": true, "root_write_errno": 30, "ready": true,
             "cmdline": "console=ttyAMA0 panic=-1 slab_nomerge init_on_free=1 module.sig_enforce=1 machined.scratch-serial=x",
-            "extensions": [{"name": "qemu-guest-agent", "version": "7.2"}],
+            "extensions": [{"name": "qemu-guest-agent", "version": "7.2"}, {"name": "iscsi-tools", "version": "2.1"}],
             "containerd": {"version": "1.6.20"},
             "services": [
                 {"name": "containerd", "pid": 5, "restarts": 0, "state": "running", "cgroup": "/system/containerd", "namespaces": []},
                 {"name": "qemu-guest-agent", "pid": 6, "restarts": 0, "state": "running",
                  "cgroup": "/system/qemu-guest-agent", "namespaces": ["mnt", "pid", "ipc", "uts"]},
+                {"name": "iscsid", "pid": 7, "restarts": 0, "state": "running",
+                 "cgroup": "/system/iscsid", "namespaces": ["mnt", "pid", "ipc", "uts"]},
             ],
+            "facts": {"cri": true, "network": {"addresses": true, "connectivity": true, "hostname": true,
+                      "etcfiles": true}, "configuration": true, "time": true},
             "scratch": {"device": "/dev/vdb", "mapped": "/dev/dm-0", "fstype": "ext4", "marker": MARKER},
             "shells_found": [], "shells_checked": 2000, "setid_found": [], "world_writable_found": [],
             "cgroups": {"system": "/sys/fs/cgroup/system", "kubepods": "/sys/fs/cgroup/kubepods"},
@@ -613,7 +686,6 @@ mod tests {
                            "lease": {"routers": ["10.0.3.1"], "dns": ["10.0.3.1"], "ntp": ["10.0.3.1"], "search": ["cluster.test"]}}],
             },
             "time": {"synced": true, "server": "10.0.3.1"},
-            "facts": {"configuration": true},
             "modules_on_demand": {"sig_enforce": "Y", "requests": [
                 {"request": "fs-vfat", "result": "ok vfat,fat"}, {"request": "br_netfilter", "result": "ok br_netfilter"}]},
             "kubernetes": {
@@ -652,9 +724,20 @@ mod tests {
         agent: Option<Result<GuestAgentReport, String>>,
         scratch: ScratchReport,
     ) -> Result<Proven> {
-        node_verdict(status, log, agent, scratch, &Ok(status.clone()), &lan_log(), &worker())
+        verdict_after(status, log, agent, scratch, ShutdownRequest::PowerButton)
     }
 
+    fn verdict_after(
+        status: &Status,
+        log: &str,
+        agent: Option<Result<GuestAgentReport, String>>,
+        scratch: ScratchReport,
+        shutdown: ShutdownRequest,
+    ) -> Result<Proven> {
+        node_verdict(status, log, agent, scratch, &Ok(status.clone()), &lan_log(), &worker(), shutdown)
+    }
+
+    #[allow(clippy::too_many_arguments)] // one per piece of evidence
     fn node_verdict(
         status: &Status,
         log: &str,
@@ -663,6 +746,7 @@ mod tests {
         api: &Result<Status, String>,
         lan: &LanLog,
         expect: &Expectation,
+        shutdown: ShutdownRequest,
     ) -> Result<Proven> {
         let evidence = Evidence {
             status,
@@ -674,6 +758,7 @@ mod tests {
             lan,
             expect,
             role: "worker",
+            shutdown,
         };
         judge(&evidence, &manifest(), &board())
     }
@@ -700,7 +785,7 @@ mod tests {
         assert!(err.contains("in plain text"), "{err}");
         let err = fails(&status(), LOG, agent(false), ScratchReport::new(MARKER, &findings(0, None, None)));
         assert!(err.contains("all zeros"), "{err}");
-        let err = fails(&status(), "MACHINED-SHUTDOWN\n", agent(false), clean());
+        let err = fails(&status(), "MACHINED-SHUTDOWN reason=power-button\n", agent(false), clean());
         assert!(err.contains("closing the scratch disk"), "{err}");
         let err = fails(&status(), "MACHINED-SCRATCH-CLOSED\n", agent(false), clean());
         assert!(err.contains("without machined's MACHINED-SHUTDOWN"), "{err}");
@@ -736,7 +821,11 @@ mod tests {
     fn every_way_a_node_can_miss_its_role_is_reported() {
         let clean = || ScratchReport::new(MARKER, &findings(5000, None, None));
         let fails = |status: &Status, api: &Result<Status, String>, lan: &LanLog, expect: &Expectation| {
-            format!("{:#}", node_verdict(status, LOG, agent(false), clean(), api, lan, expect).unwrap_err())
+            format!(
+                "{:#}",
+                node_verdict(status, LOG, agent(false), clean(), api, lan, expect, ShutdownRequest::PowerButton)
+                    .unwrap_err()
+            )
         };
         let mut bad = status();
         bad.config = serde_json::json!({"source": "smbios:oem-string", "valid": true, "role": "controlplane"});
@@ -787,5 +876,67 @@ mod tests {
         let err = fails(&reported, &Ok(reported.clone()), &lan_log(), &invalid);
         assert!(err.contains("not reported against Some(\"machine.network.interfaces[0].addresses[0]\")"), "{err}");
         assert!(err.contains("counts as applied"), "{err}");
+    }
+
+    /// A service may wait only for facts the node reports unreached; each check is shown to fire.
+    #[test]
+    fn services_waiting_for_unreached_facts_pass_and_nothing_else_does() {
+        let clean = || ScratchReport::new(MARKER, &findings(5000, None, None));
+        let fails = |status: &Status| format!("{:#}", verdict(status, LOG, agent(false), clean()).unwrap_err());
+        // A node whose network never came up: iscsid waits for it, and that is no failure.
+        let status = || {
+            let mut waiting: Status = status();
+            waiting.facts["network"]["addresses"] = false.into();
+            waiting.facts["network"]["connectivity"] = false.into();
+            waiting.services[2] = serde_json::from_value(serde_json::json!({"name": "iscsid", "pid": null,
+                "restarts": 0, "state": "waiting", "waiting_for": ["network.addresses", "network.connectivity"]}))
+            .unwrap();
+            waiting
+        };
+        verdict(&status(), LOG, agent(false), clean()).unwrap();
+        let mut reached = status();
+        reached.facts["network"]["connectivity"] = serde_json::json!(true);
+        let err = fails(&reached);
+        assert!(
+            err.contains(
+                "service iscsid is \"waiting\", not running (waiting for network.addresses, network.connectivity)"
+            ),
+            "{err}"
+        );
+        let mut on_path = status();
+        on_path.services[2].waiting_for = vec!["path /etc/iscsi/initiatorname.iscsi".into()];
+        assert!(fails(&on_path).contains("waiting for path /etc/iscsi/initiatorname.iscsi"));
+        let mut nothing = status();
+        nothing.services[2].waiting_for.clear();
+        assert!(fails(&nothing).contains("service iscsid is \"waiting\""));
+        let mut invalid = status();
+        invalid.services[2].state = "invalid".into();
+        invalid.services[2].error = Some("x.yaml:3: field `restart`: bad".into());
+        assert!(fails(&invalid).contains(
+            "service iscsid is \"invalid\", not running (waiting for network.addresses, network.connectivity; x.yaml:3"
+        ));
+        let mut gone = status();
+        gone.services.pop();
+        assert!(fails(&gone).contains("the iscsi-tools extension is loaded but machined does not supervise iscsid"));
+    }
+
+    /// The shutdown boot-test asked for is the one machined reports; each mismatch is caught.
+    #[test]
+    fn the_shutdown_reason_matches_the_request() {
+        let clean = || ScratchReport::new(MARKER, &findings(5000, None, None));
+        let api_log = "MACHINED-SHUTDOWN reason=machine-api-poweroff (hypervisor initiated shutdown)\nMACHINED-SCRATCH-CLOSED ok\n";
+        verdict_after(&status(), api_log, agent(false), clean(), ShutdownRequest::GuestAgent).unwrap();
+        let err = format!(
+            "{:#}",
+            verdict_after(&status(), LOG, agent(false), clean(), ShutdownRequest::GuestAgent).unwrap_err()
+        );
+        assert!(
+            err.contains(
+                "asked to shut down by GuestAgent, machined reported \"MACHINED-SHUTDOWN reason=power-button\""
+            ),
+            "{err}"
+        );
+        let err = format!("{:#}", verdict(&status(), api_log, agent(false), clean()).unwrap_err());
+        assert!(err.contains("not \"MACHINED-SHUTDOWN reason=power-button\""), "{err}");
     }
 }

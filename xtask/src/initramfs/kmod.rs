@@ -4,6 +4,7 @@
 //! machined asks the kernel to decompress them (finit_module's MODULE_INIT_COMPRESSED_FILE).
 
 use crate::util::cmd::cmd;
+use crate::util::elf;
 use crate::util::host::{req, Requirement};
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
@@ -198,41 +199,12 @@ impl ModuleTree {
 /// The `depends=` list of a .ko file, read from its ELF `.modinfo` section.
 pub fn depends(ko: &Path) -> Result<Vec<String>> {
     let data = module_bytes(ko)?;
-    let modinfo = elf_section(&data, ".modinfo").with_context(|| format!("{}: reading .modinfo", ko.display()))?;
+    let modinfo = elf::section(&data, ".modinfo").with_context(|| format!("{}: reading .modinfo", ko.display()))?;
     Ok(modinfo
         .split(|&b| b == 0)
         .filter_map(|field| std::str::from_utf8(field).ok()?.strip_prefix("depends="))
         .flat_map(|list| list.split(',').filter(|d| !d.is_empty()).map(|d| d.replace('-', "_")))
         .collect())
-}
-
-/// The bytes of a named section of a little-endian ELF64 file.
-fn elf_section<'a>(data: &'a [u8], wanted: &str) -> Result<&'a [u8]> {
-    let u16_at =
-        |o: usize| -> Result<u16> { Ok(u16::from_le_bytes(data.get(o..o + 2).context("truncated ELF")?.try_into()?)) };
-    let u32_at =
-        |o: usize| -> Result<u32> { Ok(u32::from_le_bytes(data.get(o..o + 4).context("truncated ELF")?.try_into()?)) };
-    let u64_at =
-        |o: usize| -> Result<u64> { Ok(u64::from_le_bytes(data.get(o..o + 8).context("truncated ELF")?.try_into()?)) };
-    if data.get(0..6) != Some(&[0x7f, b'E', b'L', b'F', 2, 1][..]) {
-        bail!("not a little-endian ELF64 file");
-    }
-    let shoff = u64_at(0x28)? as usize;
-    let shentsize = u16_at(0x3a)? as usize;
-    let shnum = u16_at(0x3c)? as usize;
-    let shstrndx = u16_at(0x3e)? as usize;
-    let header = |i: usize| shoff + i * shentsize;
-    let strtab_off = u64_at(header(shstrndx) + 0x18)? as usize;
-    for i in 0..shnum {
-        let name_off = strtab_off + u32_at(header(i))? as usize;
-        let name_end = data[name_off..].iter().position(|&b| b == 0).context("unterminated section name")?;
-        if &data[name_off..name_off + name_end] == wanted.as_bytes() {
-            let off = u64_at(header(i) + 0x18)? as usize;
-            let size = u64_at(header(i) + 0x20)? as usize;
-            return data.get(off..off + size).context("section outside the file");
-        }
-    }
-    bail!("no {wanted} section")
 }
 
 #[cfg(test)]

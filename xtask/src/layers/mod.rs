@@ -3,6 +3,7 @@
 
 pub mod extension;
 pub mod layer;
+pub mod ldcache;
 pub mod manifest;
 pub mod service;
 pub mod yaml;

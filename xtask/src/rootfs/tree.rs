@@ -5,7 +5,7 @@
 use super::overlay;
 use super::policy::{self, Policy};
 use crate::archive::deb;
-use crate::spec::protocol::{CNI_BIN_DIR, DEBIAN_CNI_PLUGINS, WRITABLE_LIST};
+use crate::spec::protocol::{CNI_BIN_DIR, DEBIAN_CNI_PLUGINS, SYSTEM_DIR, WRITABLE_DIRS, WRITABLE_LIST};
 use crate::spec::{Arch, ImageSpec};
 use crate::util::progress;
 use crate::util::tree::Provenance;
@@ -15,7 +15,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 /// Mount points machined needs in the read-only root; they must exist because nothing can create them
-/// at run time.
+/// at run time. Besides these: /system (machined's tmpfs), the writable directories, and the file
+/// machined binds itself over (protocol.rs).
 const MOUNT_POINTS: [&str; 8] = ["proc", "sys", "dev", "run", "tmp", "var", "mnt", "etc"];
 
 /// A package to install: its name (for errors and provenance) and the verified .deb in the cache.
@@ -68,10 +69,10 @@ pub fn assemble(
         deb::unpack(input.deb, input.name, root, &mut provenance)
             .with_context(|| format!("unpacking {} ({})", input.name, input.deb.display()))?;
     }
-    for dir in MOUNT_POINTS {
+    for dir in MOUNT_POINTS.into_iter().chain([SYSTEM_DIR.trim_start_matches('/')]) {
         let path = root.join(dir);
         if !path.is_dir() {
-            fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+            fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
             fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
         }
     }
@@ -83,7 +84,9 @@ pub fn assemble(
         overlay::apply(&dir, root, &mut provenance)
             .with_context(|| format!("applying the spec's overlay {overlay:?}"))?;
     }
-    write_writable_paths(root, &spec.writable_paths)?;
+    let writable: Vec<String> =
+        WRITABLE_DIRS.iter().map(|d| d.to_string()).chain(spec.writable_paths.iter().cloned()).collect();
+    write_writable_paths(root, &writable)?;
     link_cni_plugins(root)?;
     Ok(provenance)
 }

@@ -44,6 +44,14 @@ impl Arch {
         }
     }
 
+    /// Debian's multiarch triplet: where the arch's libraries lie (`/usr/lib/<triplet>`).
+    pub fn multiarch(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "x86_64-linux-gnu",
+            Arch::Arm64 => "aarch64-linux-gnu",
+        }
+    }
+
     /// The removable-media boot path firmware looks for on the ESP.
     pub fn efi_boot_file(self) -> &'static str {
         match self {

@@ -55,8 +55,9 @@ fn print_node(n: &NodeReport) {
     let s = &n.status;
     let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
     println!(
-        "{}: ready in {:.2} s (kernel {}, root {} read-only), powered off {:.2} s after the power button",
-        n.role, n.ready_secs, s.kernel, s.root_fstype, n.poweroff_secs
+        "{}: ready in {:.2} s (kernel {}, root {} read-only), powered off {:.2} s after the request \
+         (machined's reason: {})",
+        n.role, n.ready_secs, s.kernel, s.root_fstype, n.poweroff_secs, n.shutdown
     );
     if let Some(milestones) = s.milestones_ms.as_object() {
         let mut steps: Vec<(&String, u64)> = milestones.iter().map(|(k, v)| (k, v.as_u64().unwrap_or(0))).collect();
@@ -140,15 +141,19 @@ fn print_node(n: &NodeReport) {
     let extensions: Vec<String> = s.extensions.iter().map(|e| format!("{} {}", e.name, e.version)).collect();
     println!("  extensions: {}", if extensions.is_empty() { "none".to_string() } else { extensions.join(", ") });
     println!("  containerd: {}", s.containerd);
+    println!("  facts: {}", s.facts);
     for svc in &s.services {
+        let waiting =
+            if svc.waiting_for.is_empty() { String::new() } else { format!(" for {}", svc.waiting_for.join(", ")) };
         println!(
-            "  service {}: {} (pid {:?}, restarts {}, cgroup {}, own namespaces {})",
+            "  service {}: {}{waiting} (pid {:?}, restarts {}, cgroup {}, own namespaces {}, log {})",
             svc.name,
             svc.state,
             svc.pid,
             svc.restarts,
             svc.cgroup.as_deref().unwrap_or("-"),
-            svc.namespaces.join(",")
+            svc.namespaces.join(","),
+            svc.log
         );
     }
     if let Some(ga) = &n.guest_agent {

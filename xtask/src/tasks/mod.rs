@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod boot_test;
 pub mod build_image;
+pub mod check_extension;
 pub mod check_layout;
 pub mod compare_builds;
 pub mod fetch;

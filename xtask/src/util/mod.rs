@@ -3,6 +3,7 @@
 pub mod cmd;
 pub mod deb822;
 pub mod digest;
+pub mod elf;
 pub mod epoch;
 pub mod fs;
 pub mod host;
