@@ -145,13 +145,17 @@ impl ModuleTree {
                 std::fs::set_permissions(dest.join(file), std::fs::Permissions::from_mode(0o644))?;
             }
         }
-        for dir in walkdir::WalkDir::new(&dest) {
-            let dir = dir?;
-            if dir.file_type().is_dir() {
-                std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
-            }
-        }
         cmd("depmod").arg("-b").arg(root).arg(&self.release).run().context("indexing the on-demand modules")?;
+        // What create_dir_all and depmod made carries the builder's umask; the image must not.
+        for entry in walkdir::WalkDir::new(root.join("usr/lib/modules")) {
+            let entry = entry?;
+            if entry.file_type().is_symlink() {
+                continue; // a link has no mode of its own; chmod would reach its target
+            }
+            let mode = if entry.file_type().is_dir() { 0o755 } else { 0o644 };
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode))
+                .with_context(|| format!("setting the mode of {}", entry.path().display()))?;
+        }
         Ok(order.len())
     }
 
