@@ -117,6 +117,7 @@ impl Release {
         let sums = std::fs::read_to_string(self.path("SHA256SUMS")).unwrap();
         let mut files: Vec<String> = sums.lines().map(|l| l.split_once("  ").unwrap().1.to_string()).collect();
         files.push("SHA256SUMS".to_string());
+        files.push("index.json".to_string());
         files
     }
 }
@@ -168,14 +169,15 @@ fn keygen_sign_verify_passes() {
     for (name, _) in ARTIFACTS {
         assert!(err.contains(&format!("ok  {name}")), "{err}");
     }
-    assert!(err.contains("ok  manifest.json") && err.contains("verified 8 files"), "{err}");
+    assert!(err.contains("ok  manifest.json") && err.contains("ok  index.json"), "{err}");
+    assert!(err.contains("verified 9 files"), "{err}");
 
     let out =
         xtask().arg("--json").arg("verify").arg("--key").arg(&release.public_key).arg(&release.dir).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["ok"], true);
-    assert_eq!(report["files"].as_array().unwrap().len(), 8);
+    assert_eq!(report["files"].as_array().unwrap().len(), 9);
     assert_eq!(report["errors"].as_array().unwrap().len(), 0);
 
     let sums = std::fs::read_to_string(release.path("SHA256SUMS")).unwrap();
@@ -270,6 +272,37 @@ fn missing_file_is_caught() {
     let release = Release::new();
     std::fs::remove_file(release.path("SHA256SUMS")).unwrap();
     assert_fails_naming(&release.verify(), &["SHA256SUMS", "missing"]);
+}
+
+#[test]
+fn index_problems_are_caught() {
+    // Every file the release holds is in the index, itself signed.
+    let release = Release::new();
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(release.path("index.json")).unwrap()).unwrap();
+    let mut listed: Vec<&str> = index["files"].as_array().unwrap().iter().map(|f| f["file"].as_str().unwrap()).collect();
+    let mut present: Vec<String> = signature_files(&release.dir)
+        .into_iter()
+        .chain(ARTIFACTS.iter().map(|(n, _)| n.to_string()))
+        .chain(["manifest.json".to_string()])
+        .filter(|n| !n.starts_with("index.json"))
+        .collect();
+    listed.sort();
+    present.sort();
+    assert_eq!(listed, present);
+
+    std::fs::remove_file(release.path("index.json")).unwrap();
+    assert_fails_naming(&release.verify(), &["index.json", "has no index"]);
+
+    // An edited index (a size changed) no longer matches its signature.
+    let release = Release::new();
+    let text = std::fs::read_to_string(release.path("index.json")).unwrap();
+    std::fs::write(release.path("index.json"), text.replacen("\"size\": ", "\"size\": 1", 1)).unwrap();
+    assert_fails_naming(&release.verify(), &["index.json.minisig", "signature"]);
+
+    // A signature replaced by another valid one of the same key: the index catches the swap too.
+    let release = Release::new();
+    std::fs::copy(release.path("node-arm64.raw.minisig"), release.path("node-arm64.efi.minisig")).unwrap();
+    assert_fails_naming(&release.verify(), &["node-arm64.efi.minisig", "does not match index.json"]);
 }
 
 #[test]
@@ -416,7 +449,7 @@ fn verify_works_on_a_copy_elsewhere_without_the_repository() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("verified 8 files"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("verified 9 files"), "{}", stderr(&out));
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -567,7 +600,7 @@ fn signature_files(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".minisig") || n.starts_with("SHA256SUMS"))
+        .filter(|n| n.ends_with(".minisig") || n.starts_with("SHA256SUMS") || n == "index.json")
         .collect();
     names.sort();
     names
@@ -641,7 +674,8 @@ fn signed_build(arch: &str) {
     assert_eq!(report["signed_with_key_id"], key_id);
     let out = verify();
     assert!(out.status.success(), "verify: {}", stderr(&out));
-    assert_eq!(signature_files(&dir).len(), signed.len() + 1, "{:?}", signature_files(&dir));
+    // Each signed file's signature, SHA256SUMS and its signature, the index and its signature.
+    assert_eq!(signature_files(&dir).len(), signed.len() + 3, "{:?}", signature_files(&dir));
 }
 
 #[test]
