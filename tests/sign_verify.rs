@@ -4,9 +4,10 @@
 
 mod common;
 
+use common::sha256_hex;
+
 use assert_cmd::Command;
 use base64::Engine as _;
-use sha2::{Digest, Sha256};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -27,43 +28,9 @@ fn xtask() -> Command {
     cmd
 }
 
-/// Deterministic pseudo-random bytes (xorshift64*), different per seed.
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        out.extend_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Writes an unsigned output directory: artifacts plus the manifest.json build-image would write.
 fn write_output_dir(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut artifacts = Vec::new();
-    for (index, (name, size)) in ARTIFACTS.iter().enumerate() {
-        let content = if name.ends_with(".json") {
-            br#"{"spdxVersion":"SPDX-2.3","name":"node-arm64"}"#.to_vec()
-        } else {
-            pseudo_random(*size, index as u64 + 1)
-        };
-        std::fs::write(dir.join(name), &content).unwrap();
-        artifacts.push(serde_json::json!({"file": name, "size": content.len(), "sha256": sha256_hex(&content)}));
-    }
-    let manifest = serde_json::json!({
-        "image": "node", "version": "0.1.0", "arch": "arm64", "board": "qemu-arm64",
-        "source_date_epoch": 1_700_000_000u64, "lock_sha256": sha256_hex(b"lock"),
-        "kernel": "6.1.0-test-arm64", "cmdline": "console=ttyAMA0", "artifacts": artifacts,
-    });
-    std::fs::write(dir.join("manifest.json"), serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+    common::write_output_dir(dir, "arm64", "0.1.0", ARTIFACTS, 0);
 }
 
 /// A key pair and a signed output directory in a temp dir of their own.
@@ -279,7 +246,8 @@ fn index_problems_are_caught() {
     // Every file the release holds is in the index, itself signed.
     let release = Release::new();
     let index: serde_json::Value = serde_json::from_slice(&std::fs::read(release.path("index.json")).unwrap()).unwrap();
-    let mut listed: Vec<&str> = index["files"].as_array().unwrap().iter().map(|f| f["file"].as_str().unwrap()).collect();
+    let mut listed: Vec<&str> =
+        index["files"].as_array().unwrap().iter().map(|f| f["file"].as_str().unwrap()).collect();
     let mut present: Vec<String> = signature_files(&release.dir)
         .into_iter()
         .chain(ARTIFACTS.iter().map(|(n, _)| n.to_string()))

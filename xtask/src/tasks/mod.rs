@@ -11,7 +11,10 @@ pub mod host_tools;
 pub mod keygen;
 pub mod lock;
 pub mod outdated;
+pub mod release;
 pub mod sign;
+pub mod test_garage;
+pub mod upload;
 pub mod verify;
 
 use crate::spec::workspace::Workspace;
