@@ -64,6 +64,8 @@ pub fn upload_file(
 ) -> Result<Sent> {
     let part_size = part_size_for(size, options.part_size);
     let parts = size.div_ceil(part_size).max(1) as usize;
+    // Where a huge file needs bigger parts, fewer go at once: memory stays at jobs × requested size.
+    let jobs = ((options.jobs as u64 * options.part_size) / part_size).max(1) as usize;
     let file = Arc::new(std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?);
     let wanted = Journal::new(&store.endpoint, &store.bucket, key, path, size, sha256, part_size);
     let bulk = store.bulk();
@@ -103,7 +105,7 @@ pub fn upload_file(
             &mut journal,
             journal_path,
             parts,
-            options.jobs,
+            jobs,
             bar,
             &mut sent,
         ));
