@@ -98,17 +98,8 @@ pub fn upload_file(
     let target = Key::from(key);
     let mut restarted = false;
     loop {
-        let run = store.block_on(send_parts(
-            &bulk,
-            &target,
-            &file,
-            &mut journal,
-            journal_path,
-            parts,
-            jobs,
-            bar,
-            &mut sent,
-        ));
+        let run =
+            store.block_on(send_parts(&bulk, &target, &file, &mut journal, journal_path, parts, jobs, bar, &mut sent));
         match run {
             Ok(()) => break,
             // The store no longer knows the upload id (aborted, expired, or the store was reset):
