@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::s3::{with_env, Garage, BUCKET};
+use common::s3::{with_env, with_std_env, Garage, BUCKET};
 use common::{sha256_hex, write_output_dir};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -251,12 +251,7 @@ fn journal_with(dir: &Path, parts: usize) -> Option<Value> {
 /// Starts an upload as a child process the test can watch and outlive.
 fn spawn_upload(fx: &Fixture, dir: &Path, extra: &[&str]) -> std::process::Child {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"));
-    for (name, value) in fx.garage.credentials() {
-        match value {
-            Some(value) => cmd.env(name, value),
-            None => cmd.env_remove(name),
-        };
-    }
+    with_std_env(&mut cmd, &fx.garage.credentials());
     cmd.args(["--json", "upload", "--no-conditional", "--part-size", "5", "--jobs", "2", "--to", TO, "--key"]);
     cmd.arg(&fx.public_key).args(["--endpoint", &fx.garage.endpoint, "--region", "garage"]).args(extra).arg(dir);
     cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap()
@@ -463,12 +458,7 @@ fn two_concurrent_releases_to_one_channel_both_end_up_in_the_pointer() {
         .iter()
         .map(|(dir, _)| {
             let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"));
-            for (name, value) in fx.garage.credentials() {
-                match value {
-                    Some(value) => cmd.env(name, value),
-                    None => cmd.env_remove(name),
-                };
-            }
+            with_std_env(&mut cmd, &fx.garage.credentials());
             cmd.env("XTASK_TEST_POINTER_RACE_MS", "600");
             cmd.args(["--json", "upload", "--no-conditional", "--to", TO, "--key"]).arg(&fx.public_key);
             cmd.args(["--endpoint", &fx.garage.endpoint, "--region", "garage"]).arg(dir);

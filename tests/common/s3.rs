@@ -92,12 +92,7 @@ impl Garage {
     /// `aws` (awscli, installed by host-tools) against this node.
     pub fn aws(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new("aws");
-        for (name, value) in self.credentials() {
-            match value {
-                Some(value) => cmd.env(name, value),
-                None => cmd.env_remove(name),
-            };
-        }
+        with_std_env(&mut cmd, &self.credentials());
         cmd.args(["--endpoint-url", &self.endpoint, "--region", "garage"]).args(args);
         cmd.output().expect("awscli must be installed (`cargo xtask host-tools` installs it)")
     }
@@ -161,6 +156,16 @@ pub fn isolation() -> Vec<(&'static str, Option<String>)> {
 }
 
 pub fn with_env(cmd: &mut assert_cmd::Command, vars: &[(&'static str, Option<String>)]) {
+    for (name, value) in vars {
+        match value {
+            Some(value) => cmd.env(name, value),
+            None => cmd.env_remove(name),
+        };
+    }
+}
+
+/// [`with_env`] for a std Command (a child a test watches while it runs).
+pub fn with_std_env(cmd: &mut Command, vars: &[(&'static str, Option<String>)]) {
     for (name, value) in vars {
         match value {
             Some(value) => cmd.env(name, value),

@@ -47,6 +47,11 @@ impl Report {
         self.errors.push(Problem { file: file.to_string(), message: message.into() });
     }
 
+    /// Each problem as `file: message`.
+    pub fn problem_lines(&self) -> Vec<String> {
+        self.errors.iter().map(|p| format!("{}: {}", p.file, p.message)).collect()
+    }
+
     fn is_clean(&self, file: &str) -> bool {
         let signature = format!("{file}{SIGNATURE_SUFFIX}");
         !self.errors.iter().any(|p| p.file == file || p.file == signature)

@@ -73,6 +73,25 @@ impl Global {
     }
 }
 
+/// `--arch` / `--board`: which out/<board>/ a command on an output directory works on, when it is not
+/// given outright as DIR.
+#[derive(Args, Clone, Debug)]
+pub struct BoardDir {
+    /// out/<board>/ of the default board for this arch
+    #[arg(long)]
+    pub arch: Option<Arch>,
+    /// out/<board>/ of this board (a name in boards/ or a path to its .toml)
+    #[arg(long)]
+    pub board: Option<String>,
+}
+
+impl BoardDir {
+    /// `dir` when given, else the output directory `--arch`/`--board` point at.
+    pub fn resolve(&self, global: &Global, dir: Option<&Path>) -> Result<PathBuf> {
+        target_dir(&global.workspace(), dir, self.board.as_deref(), self.arch)
+    }
+}
+
 /// The output directory `--arch`/`--board` point at, unless one was given outright.
 pub fn target_dir(ws: &Workspace, dir: Option<&Path>, board: Option<&str>, arch: Option<Arch>) -> Result<PathBuf> {
     if let Some(dir) = dir {

@@ -1,9 +1,8 @@
 //! `cargo xtask upload`: publishes a signed output directory to S3-compatible object storage
 //! (upload/publish.rs), and the store and publishing flags `verify` and `release` share.
 
-use super::{print_json, target_dir, Global};
+use super::{print_json, BoardDir, Global};
 use crate::sign::minisign::PublicKey;
-use crate::spec::Arch;
 use crate::upload::client::{self, Store};
 use crate::upload::location::Location;
 use crate::upload::multipart::{PartOptions, MIN_PART_SIZE};
@@ -93,12 +92,8 @@ pub struct UploadArgs {
     /// Public key the directory must verify against before anything is sent (minisign format)
     #[arg(long, value_name = "KEY.pub")]
     pub key: PathBuf,
-    /// Publish out/<board>/ of the default board for this arch
-    #[arg(long)]
-    pub arch: Option<Arch>,
-    /// Publish out/<board>/ of this board (a name in boards/ or a path to its .toml)
-    #[arg(long)]
-    pub board: Option<String>,
+    #[command(flatten)]
+    pub target: BoardDir,
     /// Signed directory to publish, instead of the board's out/<board>/
     #[arg(value_name = "DIR")]
     pub dir: Option<PathBuf>,
@@ -107,7 +102,7 @@ pub struct UploadArgs {
 }
 
 pub fn run(global: &Global, args: &UploadArgs) -> Result<()> {
-    let dir = target_dir(&global.workspace(), args.dir.as_deref(), args.board.as_deref(), args.arch)?;
+    let dir = args.target.resolve(global, args.dir.as_deref())?;
     let options = args.publish.options()?;
     let to = Location::parse(&args.to)?;
     let key = PublicKey::load(&args.key)?;

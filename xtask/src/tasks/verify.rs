@@ -2,11 +2,10 @@
 //! and the key): a directory here, or `s3://…` where it lies in a bucket, with the same checks.
 
 use super::upload::StoreArgs;
-use super::{target_dir, Global};
+use super::{BoardDir, Global};
 use crate::sign::minisign::PublicKey;
 use crate::sign::source::{Dir, Source};
 use crate::sign::verify::{verify, Report};
-use crate::spec::Arch;
 use crate::upload::location::{Location, SCHEME};
 use crate::upload::source::Release;
 use anyhow::{bail, Result};
@@ -17,12 +16,8 @@ pub struct VerifyArgs {
     /// Public key to check against (minisign format, e.g. nodeimg.pub)
     #[arg(long, value_name = "KEY.pub")]
     pub key: PathBuf,
-    /// Verify out/<board>/ of the default board for this arch
-    #[arg(long)]
-    pub arch: Option<Arch>,
-    /// Verify out/<board>/ of this board (a name in boards/ or a path to its .toml)
-    #[arg(long)]
-    pub board: Option<String>,
+    #[command(flatten)]
+    pub target: BoardDir,
     /// Signed directory to verify (needs nothing else: works on a copy anywhere), or a published
     /// release where it lies: s3://BUCKET/PREFIX/<image>/<version>/<arch>/ (each object streamed once)
     #[arg(value_name = "DIR|s3://…")]
@@ -54,12 +49,7 @@ pub fn run(global: &Global, args: &VerifyArgs) -> Result<()> {
         let location = remote.map(Location::parse).transpose()?;
         let dir = match remote {
             Some(_) => None,
-            None => Some(target_dir(
-                &global.workspace(),
-                args.dir.as_deref().map(std::path::Path::new),
-                args.board.as_deref(),
-                args.arch,
-            )?),
+            None => Some(args.target.resolve(global, args.dir.as_deref().map(std::path::Path::new))?),
         };
         let store = location.as_ref().map(|l| args.store.connect(l)).transpose()?;
         Ok::<_, anyhow::Error>((key, location, dir, store))
@@ -89,7 +79,7 @@ pub fn run(global: &Global, args: &VerifyArgs) -> Result<()> {
         }
     }
     if !report.ok {
-        let problems: Vec<String> = report.errors.iter().map(|p| format!("{}: {}", p.file, p.message)).collect();
+        let problems = report.problem_lines();
         bail!(
             "verification of {} with key id {} FAILED ({} problem{}):\n  {}",
             source.location(),

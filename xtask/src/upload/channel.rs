@@ -232,60 +232,20 @@ mod tests {
         let store = Store::in_memory();
         assert_eq!(probe(&store, "node/channels/.probe").unwrap(), Conditional::Honoured);
         assert!(store.head("node/channels/.probe").unwrap().is_none(), "the probe object is removed");
+        let set = |arch: Arch, version: &str, allow_downgrade: bool| {
+            let key = "node/channels/stable.json";
+            update(&store, key, "node", "stable", arch, &entry(version), Strategy::Conditional, allow_downgrade)
+        };
         std::thread::scope(|scope| {
             for arch in Arch::ALL {
-                let store = &store;
-                scope.spawn(move || {
-                    update(
-                        store,
-                        "node/channels/stable.json",
-                        "node",
-                        "stable",
-                        arch,
-                        &entry("1.0"),
-                        Strategy::Conditional,
-                        false,
-                    )
-                    .unwrap()
-                });
+                let set = &set;
+                scope.spawn(move || set(arch, "1.0", false).unwrap());
             }
         });
         let (pointer, _) = read(&store, "node/channels/stable.json").unwrap().unwrap();
         assert_eq!(pointer.arches.len(), 2);
-        let again = update(
-            &store,
-            "node/channels/stable.json",
-            "node",
-            "stable",
-            Arch::Amd64,
-            &entry("1.0"),
-            Strategy::Conditional,
-            false,
-        )
-        .unwrap();
-        assert!(again.unchanged);
-        let older = update(
-            &store,
-            "node/channels/stable.json",
-            "node",
-            "stable",
-            Arch::Amd64,
-            &entry("0.9"),
-            Strategy::Conditional,
-            false,
-        );
-        assert!(format!("{:#}", older.unwrap_err()).contains("newer than 0.9"));
-        let forced = update(
-            &store,
-            "node/channels/stable.json",
-            "node",
-            "stable",
-            Arch::Amd64,
-            &entry("0.9"),
-            Strategy::Conditional,
-            true,
-        )
-        .unwrap();
-        assert_eq!(forced.previous, Some(entry("1.0")));
+        assert!(set(Arch::Amd64, "1.0", false).unwrap().unchanged);
+        assert!(format!("{:#}", set(Arch::Amd64, "0.9", false).unwrap_err()).contains("newer than 0.9"));
+        assert_eq!(set(Arch::Amd64, "0.9", true).unwrap().previous, Some(entry("1.0")));
     }
 }

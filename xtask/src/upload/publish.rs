@@ -46,12 +46,11 @@ impl Verified {
     pub fn check(dir: &Path, key: &PublicKey) -> Result<Verified> {
         let report = verify_dir(dir, key);
         if !report.ok {
-            let problems: Vec<String> = report.errors.iter().map(|p| format!("{}: {}", p.file, p.message)).collect();
             bail!(
                 "refusing to publish {}: it does not verify against key id {}:\n  {}",
                 dir.display(),
                 key.key_id,
-                problems.join("\n  ")
+                report.problem_lines().join("\n  ")
             );
         }
         let manifest = Manifest::load(dir)?;
