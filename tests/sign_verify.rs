@@ -509,11 +509,13 @@ fn check_sbom(dir: &Path, arch: &str) {
         assert_eq!(found["checksums"][0]["algorithm"], "SHA256");
         assert_eq!(found["checksums"][0]["checksumValue"], package["sha256"].as_str().unwrap(), "{name}");
         assert_eq!(found["supplier"], "Organization: Debian");
-        // A package URL scanners match advisories by: name, version (':' percent-encoded), arch, release.
+        // A package URL scanners match advisories by: name, version, arch, release, each percent-encoded
+        // (an epoch's ':', the '+' of a stable update or of a kernel package's name).
         let purl = found["externalRefs"][0]["referenceLocator"].as_str().unwrap();
-        let version = package["version"].as_str().unwrap().replace(':', "%3A");
+        let encode = |text: &str| text.replace(':', "%3A").replace('+', "%2B");
+        let (name_part, version) = (encode(name), encode(package["version"].as_str().unwrap()));
         let deb_arch = package["arch"].as_str().unwrap();
-        assert_eq!(purl, format!("pkg:deb/debian/{name}@{version}?arch={deb_arch}&distro=trixie"), "{name}");
+        assert_eq!(purl, format!("pkg:deb/debian/{name_part}@{version}?arch={deb_arch}&distro=trixie"), "{name}");
         assert_eq!(found["externalRefs"][0]["referenceType"], "purl");
         // And the suite its version came from (trixie-security for a security fix).
         let suite = package["suite"].as_str().unwrap();
