@@ -430,6 +430,24 @@ fn bad_credentials_bucket_endpoint_or_directory_fail_clearly_and_publish_nothing
         &[&secret],
     );
     std::fs::write(dir.join("node-arm64.qcow2"), &bytes).unwrap();
+    // An unsigned directory, and one signed with another key: refused, nothing sent.
+    let unsigned = fx.tmp.path().join("out").join("qemu-arm64-unsigned");
+    let files: Vec<(String, usize)> = artifacts("arm64");
+    let files: Vec<(&str, usize)> = files.iter().map(|(n, s)| (n.as_str(), *s)).collect();
+    write_output_dir(&unsigned, "arm64", "3.0.0", &files, 6);
+    let refused = fails_clearly(
+        &mut fx.upload(&unsigned, &["--no-conditional"]),
+        &["refusing to publish", "SHA256SUMS", "not signed"],
+        &[&secret],
+    );
+    assert!(refused.contains(&unsigned.display().to_string()), "{refused}");
+    let other_keys = fx.tmp.path().join("other-keys");
+    common::succeeds(common::xtask().arg("keygen").arg("--out").arg(&other_keys));
+    let mut other = fx.garage.xtask();
+    other.args(["upload", "--no-conditional", "--to", TO, "--key"]).arg(other_keys.join("nodeimg.pub"));
+    other.args(["--endpoint", &fx.garage.endpoint, "--region", "garage"]).arg(&dir);
+    fails_clearly(&mut other, &["refusing to publish", "does not verify against key id"], &[&secret]);
+    assert_eq!(fx.garage.keys(), before, "a refused upload left objects behind");
     // Another build under a published version is refused (releases are immutable).
     common::succeeds(&mut fx.upload(&dir, &["--no-conditional"]));
     let rebuilt = fx.signed("qemu-arm64-rebuilt", "arm64", "3.0.0", &artifacts("arm64"), 5);
