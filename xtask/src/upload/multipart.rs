@@ -264,11 +264,30 @@ async fn send_parts(
     }
 }
 
-/// Checks that nothing changed the file while it was read for upload.
-pub fn unchanged_since(path: &Path, before: &std::fs::Metadata) -> Result<()> {
-    let now = std::fs::metadata(path).with_context(|| format!("reading the metadata of {}", path.display()))?;
-    if now.len() != before.len() || now.modified().ok() != before.modified().ok() {
-        bail!("{} changed while it was uploaded: run the upload again", path.display());
+/// A file's size, modification time and inode: what changes when it is rewritten or replaced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    inode: u64,
+}
+
+impl Stamp {
+    pub fn of(path: &Path) -> Result<Stamp> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).with_context(|| format!("reading the metadata of {}", path.display()))?;
+        Ok(Stamp { len: meta.len(), modified: meta.modified().ok(), inode: meta.ino() })
+    }
+}
+
+/// Checks that nothing changed the file since `before` was taken (`since`: "it was verified").
+pub fn unchanged_since(path: &Path, before: &Stamp, since: &str) -> Result<()> {
+    if Stamp::of(path)? != *before {
+        bail!(
+            "{} changed since {since}: what was verified is no longer what would be sent; sign and run the upload \
+             again",
+            path.display()
+        );
     }
     Ok(())
 }

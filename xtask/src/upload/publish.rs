@@ -17,7 +17,7 @@ use super::channel::{self, Conditional, Entry, Strategy};
 use super::client::Store;
 use super::journal;
 use super::location::Location;
-use super::multipart::{self, PartOptions};
+use super::multipart::{self, PartOptions, Stamp};
 use crate::image::manifest::Manifest;
 use crate::sign::index::Index;
 use crate::sign::minisign::PublicKey;
@@ -28,22 +28,28 @@ use anyhow::{bail, Context, Result};
 use object_store::PutMode;
 use serde::Serialize;
 use sha2::Digest as _;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// A signed output directory that verified against the key, with its manifest and index.
+/// A signed output directory that verified against the key, with its manifest and index, and the
+/// stamp (size, modification time, inode) of every file as it was verified: a file rewritten or
+/// replaced after that is refused before and after it is sent, since the digests stored with the
+/// objects are the verified ones.
 pub struct Verified {
     pub dir: PathBuf,
     pub manifest: Manifest,
     pub index: Index,
     index_bytes: Vec<u8>,
     pub key_id: String,
+    stamps: BTreeMap<String, Stamp>,
 }
 
 impl Verified {
     /// Verifies `dir` against `key`; a directory that is unsigned or does not verify is refused,
     /// with every problem named.
     pub fn check(dir: &Path, key: &PublicKey) -> Result<Verified> {
+        let stamps = stamps(dir)?;
         let report = verify_dir(dir, key);
         if !report.ok {
             bail!(
@@ -57,7 +63,19 @@ impl Verified {
         let path = dir.join(INDEX_FILE);
         let index_bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         let index = Index::parse(&index_bytes, &path.display().to_string())?;
-        Ok(Verified { dir: dir.to_path_buf(), manifest, index, index_bytes, key_id: key.key_id.to_string() })
+        let verified =
+            Verified { dir: dir.to_path_buf(), manifest, index, index_bytes, key_id: key.key_id.to_string(), stamps };
+        for name in verified.publishing_order() {
+            verified.unchanged(&name, "it was verified")?;
+        }
+        Ok(verified)
+    }
+
+    /// Checks that `name` is still the file that was verified.
+    fn unchanged(&self, name: &str, since: &str) -> Result<()> {
+        let path = self.dir.join(name);
+        let stamp = self.stamps.get(name).with_context(|| format!("{} appeared after verification", path.display()))?;
+        multipart::unchanged_since(&path, stamp, since)
     }
 
     /// The files in publishing order: artifacts (manifest order), SHA256SUMS and the signatures,
@@ -232,8 +250,7 @@ pub fn publish(store: &Store, to: &Location, verified: &Verified, options: &Opti
             object.action = if present { Action::WouldSkip } else { Action::WouldSend };
         } else if !present {
             let path = verified.dir.join(&name);
-            let before =
-                std::fs::metadata(&path).with_context(|| format!("reading the metadata of {}", path.display()))?;
+            verified.unchanged(&name, "it was verified")?;
             if size > options.parts.part_size {
                 let journal = journal::path_for(&journals, &name, &object.url);
                 let sent = multipart::upload_file(store, &key, &path, size, &sha256, &journal, &options.parts, &bar)?;
@@ -245,7 +262,7 @@ pub fn publish(store: &Store, to: &Location, verified: &Verified, options: &Opti
                 object.bytes_sent = size;
                 bar.inc(size);
             }
-            multipart::unchanged_since(&path, &before)?;
+            verified.unchanged(&name, "it was verified (it changed while it was uploaded)")?;
             check_stored(store, &key, size, &sha256)?;
             object.action = Action::Sent;
         }
@@ -308,6 +325,76 @@ fn check_stored(store: &Store, key: &str, size: u64, sha256: &str) -> Result<()>
     }
 }
 
+/// The stamp of every file directly in `dir`.
+fn stamps(dir: &Path) -> Result<BTreeMap<String, Stamp>> {
+    let mut stamps = BTreeMap::new();
+    let entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        stamps.insert(name, Stamp::of(&entry.path())?);
+    }
+    Ok(stamps)
+}
+
 fn start_nanos() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sign::dir::sign_dir;
+    use crate::sign::minisign::SecretKey;
+
+    /// A signed directory with one artifact, and its public key.
+    fn signed(dir: &Path) -> PublicKey {
+        let content = vec![7u8; 3000];
+        std::fs::write(dir.join("a.raw"), &content).unwrap();
+        let sha = crate::util::digest::hex(&sha2::Sha256::digest(&content));
+        let manifest = format!(
+            r#"{{"image":"node","version":"0.1.0","arch":"arm64","board":"b","source_date_epoch":0,"lock_sha256":"",
+                "kernel":"k","cmdline":"","artifacts":[{{"file":"a.raw","size":3000,"sha256":"{sha}"}}]}}"#
+        );
+        std::fs::write(dir.join(MANIFEST_FILE), manifest).unwrap();
+        let key = SecretKey::generate().unwrap();
+        sign_dir(dir, &key).unwrap();
+        key.public_key()
+    }
+
+    fn options() -> Options {
+        Options {
+            channel: "stable".into(),
+            parts: PartOptions { part_size: multipart::MIN_PART_SIZE, jobs: 2 },
+            dry_run: false,
+            no_conditional: false,
+            allow_downgrade: false,
+            settle: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn a_file_replaced_after_verification_is_not_sent() {
+        let tmp = tempfile::tempdir().unwrap();
+        let key = signed(tmp.path());
+        let to = Location::parse("s3://test/releases").unwrap();
+
+        // Replaced (a new file renamed over it, as a rebuild does) between verifying and sending.
+        let verified = Verified::check(tmp.path(), &key).unwrap();
+        let other = tmp.path().join("a.raw.new");
+        std::fs::write(&other, vec![8u8; 3000]).unwrap();
+        std::fs::rename(&other, tmp.path().join("a.raw")).unwrap();
+        let store = Store::in_memory();
+        let err = format!("{:#}", publish(&store, &to, &verified, &options()).unwrap_err());
+        assert!(err.contains("a.raw changed since it was verified"), "{err}");
+        assert_eq!(store.list("").unwrap(), Vec::new(), "something was sent");
+
+        // The control: verified again (it fails: the content no longer matches), or untouched, it goes.
+        assert!(Verified::check(tmp.path(), &key).is_err());
+        let tmp = tempfile::tempdir().unwrap();
+        let key = signed(tmp.path());
+        let verified = Verified::check(tmp.path(), &key).unwrap();
+        let report = publish(&store, &to, &verified, &options()).unwrap();
+        assert_eq!(report.objects_sent, verified.publishing_order().len());
+    }
 }
