@@ -178,8 +178,19 @@ fn both_arches_published_read_back_with_awscli_and_verified_where_they_lie() {
         fx.garage.download(&format!("{PREFIX}/node/1.0.0/{arch}/"), &download);
         let local = fx.verify_local(&download);
         assert!(local.success && local.stderr.contains("verified 9 files"), "{}", local.stderr);
+        let before = fx.garage.log().len();
         let remote = fx.verify_remote(&format!("node/1.0.0/{arch}/"));
         assert!(remote.success, "{}", remote.stderr);
+        // Streamed in place: each object read exactly once.
+        let mut gets = Garage::requests(&fx.garage.log()[before..], "GET");
+        gets.retain(|g| !g.contains('?'));
+        gets.sort();
+        let mut expected: Vec<String> = files_of(&download)
+            .into_iter()
+            .map(|(name, _)| format!("/{BUCKET}/{PREFIX}/node/1.0.0/{arch}/{name}"))
+            .collect();
+        expected.sort();
+        assert_eq!(gets, expected, "verify in place did not read each object exactly once");
         assert!(
             remote.stderr.contains(&format!("verified 9 files (32.0 MiB) in {TO}/node/1.0.0/{arch}/")),
             "{}",

@@ -73,6 +73,15 @@ impl Garage {
             .collect()
     }
 
+    /// The paths (`/BUCKET/KEY?query`) of the `method` requests the server logged, from `log` text.
+    pub fn requests(log: &str, method: &str) -> Vec<String> {
+        let mark = format!(" {method} /");
+        log.lines()
+            .filter(|l| l.contains("generic_server") && !l.contains(" error "))
+            .filter_map(|l| l.split_once(&mark).map(|(_, path)| format!("/{}", path.trim_end())))
+            .collect()
+    }
+
     /// This node's credentials, and nothing else of AWS's: no profile, no shared files, no instance
     /// metadata (see [`isolation`]).
     pub fn credentials(&self) -> Vec<(&'static str, Option<String>)> {

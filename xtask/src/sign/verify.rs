@@ -108,7 +108,8 @@ impl Check<'_> {
                 return;
             }
         };
-        self.manifest = self.load_manifest();
+        // manifest.json is read once: its bytes are parsed here and hashed below.
+        let manifest_bytes = self.load_manifest();
         let sums_digests = digest_bytes(&sums_bytes);
         self.check_signature(SUMS_FILE, &sums_digests);
         let listed = parse_sums(&sums_bytes, &mut self.report);
@@ -126,6 +127,9 @@ impl Check<'_> {
         }
         let step = crate::util::progress::step(format!("hashing {} files in {}", present.len(), source.location()));
         let hashed = digest_each(present.len(), |i| {
+            if let (MANIFEST_FILE, Some(bytes)) = (present[i].as_str(), &manifest_bytes) {
+                return Ok(digest_bytes(bytes));
+            }
             let path = source.path(&present[i]);
             let reader = source.open(&present[i]).with_context(|| format!("opening {path}"))?;
             digest_reader(reader, &path)
@@ -174,16 +178,17 @@ impl Check<'_> {
         }
     }
 
-    fn load_manifest(&mut self) -> Option<Manifest> {
+    /// Reads and parses manifest.json into `self.manifest`; returns the bytes read, for hashing.
+    fn load_manifest(&mut self) -> Option<Vec<u8>> {
         let path = self.source.path(MANIFEST_FILE);
         match self.source.read(MANIFEST_FILE) {
-            Ok(bytes) => match Manifest::parse(&bytes, Path::new(&path)) {
-                Ok(manifest) => Some(manifest),
-                Err(e) => {
-                    self.report.problem(MANIFEST_FILE, format!("{e:#}"));
-                    None
+            Ok(bytes) => {
+                match Manifest::parse(&bytes, Path::new(&path)) {
+                    Ok(manifest) => self.manifest = Some(manifest),
+                    Err(e) => self.report.problem(MANIFEST_FILE, format!("{e:#}")),
                 }
-            },
+                Some(bytes)
+            }
             // Reported once, as a listed file that is missing (or as not listed).
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => {
