@@ -4,9 +4,10 @@
 
 mod common;
 
+use common::sha256_hex;
+
 use assert_cmd::Command;
 use base64::Engine as _;
-use sha2::{Digest, Sha256};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -27,43 +28,9 @@ fn xtask() -> Command {
     cmd
 }
 
-/// Deterministic pseudo-random bytes (xorshift64*), different per seed.
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        out.extend_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Writes an unsigned output directory: artifacts plus the manifest.json build-image would write.
 fn write_output_dir(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut artifacts = Vec::new();
-    for (index, (name, size)) in ARTIFACTS.iter().enumerate() {
-        let content = if name.ends_with(".json") {
-            br#"{"spdxVersion":"SPDX-2.3","name":"node-arm64"}"#.to_vec()
-        } else {
-            pseudo_random(*size, index as u64 + 1)
-        };
-        std::fs::write(dir.join(name), &content).unwrap();
-        artifacts.push(serde_json::json!({"file": name, "size": content.len(), "sha256": sha256_hex(&content)}));
-    }
-    let manifest = serde_json::json!({
-        "image": "node", "version": "0.1.0", "arch": "arm64", "board": "qemu-arm64",
-        "source_date_epoch": 1_700_000_000u64, "lock_sha256": sha256_hex(b"lock"),
-        "kernel": "6.1.0-test-arm64", "cmdline": "console=ttyAMA0", "artifacts": artifacts,
-    });
-    std::fs::write(dir.join("manifest.json"), serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+    common::write_output_dir(dir, "arm64", "0.1.0", ARTIFACTS, 0);
 }
 
 /// A key pair and a signed output directory in a temp dir of their own.
@@ -117,6 +84,7 @@ impl Release {
         let sums = std::fs::read_to_string(self.path("SHA256SUMS")).unwrap();
         let mut files: Vec<String> = sums.lines().map(|l| l.split_once("  ").unwrap().1.to_string()).collect();
         files.push("SHA256SUMS".to_string());
+        files.push("index.json".to_string());
         files
     }
 }
@@ -168,14 +136,15 @@ fn keygen_sign_verify_passes() {
     for (name, _) in ARTIFACTS {
         assert!(err.contains(&format!("ok  {name}")), "{err}");
     }
-    assert!(err.contains("ok  manifest.json") && err.contains("verified 8 files"), "{err}");
+    assert!(err.contains("ok  manifest.json") && err.contains("ok  index.json"), "{err}");
+    assert!(err.contains("verified 9 files"), "{err}");
 
     let out =
         xtask().arg("--json").arg("verify").arg("--key").arg(&release.public_key).arg(&release.dir).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["ok"], true);
-    assert_eq!(report["files"].as_array().unwrap().len(), 8);
+    assert_eq!(report["files"].as_array().unwrap().len(), 9);
     assert_eq!(report["errors"].as_array().unwrap().len(), 0);
 
     let sums = std::fs::read_to_string(release.path("SHA256SUMS")).unwrap();
@@ -270,6 +239,38 @@ fn missing_file_is_caught() {
     let release = Release::new();
     std::fs::remove_file(release.path("SHA256SUMS")).unwrap();
     assert_fails_naming(&release.verify(), &["SHA256SUMS", "missing"]);
+}
+
+#[test]
+fn index_problems_are_caught() {
+    // Every file the release holds is in the index, itself signed.
+    let release = Release::new();
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(release.path("index.json")).unwrap()).unwrap();
+    let mut listed: Vec<&str> =
+        index["files"].as_array().unwrap().iter().map(|f| f["file"].as_str().unwrap()).collect();
+    let mut present: Vec<String> = signature_files(&release.dir)
+        .into_iter()
+        .chain(ARTIFACTS.iter().map(|(n, _)| n.to_string()))
+        .chain(["manifest.json".to_string()])
+        .filter(|n| !n.starts_with("index.json"))
+        .collect();
+    listed.sort();
+    present.sort();
+    assert_eq!(listed, present);
+
+    std::fs::remove_file(release.path("index.json")).unwrap();
+    assert_fails_naming(&release.verify(), &["index.json", "has no index"]);
+
+    // An edited index (a size changed) no longer matches its signature.
+    let release = Release::new();
+    let text = std::fs::read_to_string(release.path("index.json")).unwrap();
+    std::fs::write(release.path("index.json"), text.replacen("\"size\": ", "\"size\": 1", 1)).unwrap();
+    assert_fails_naming(&release.verify(), &["index.json.minisig", "signature"]);
+
+    // A signature replaced by another valid one of the same key: the index catches the swap too.
+    let release = Release::new();
+    std::fs::copy(release.path("node-arm64.raw.minisig"), release.path("node-arm64.efi.minisig")).unwrap();
+    assert_fails_naming(&release.verify(), &["node-arm64.efi.minisig", "does not match index.json"]);
 }
 
 #[test]
@@ -416,7 +417,7 @@ fn verify_works_on_a_copy_elsewhere_without_the_repository() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("verified 8 files"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("verified 9 files"), "{}", stderr(&out));
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -508,12 +509,13 @@ fn check_sbom(dir: &Path, arch: &str) {
         assert_eq!(found["checksums"][0]["algorithm"], "SHA256");
         assert_eq!(found["checksums"][0]["checksumValue"], package["sha256"].as_str().unwrap(), "{name}");
         assert_eq!(found["supplier"], "Organization: Debian");
-        // A package URL scanners match advisories by: name, version (':' and '+' percent-encoded), arch, release.
+        // A package URL scanners match advisories by: name, version, arch, release, each percent-encoded
+        // (an epoch's ':', the '+' of a stable update or of a kernel package's name).
         let purl = found["externalRefs"][0]["referenceLocator"].as_str().unwrap();
-        let version = package["version"].as_str().unwrap().replace(':', "%3A").replace('+', "%2B");
+        let encode = |text: &str| text.replace(':', "%3A").replace('+', "%2B");
+        let (name_part, version) = (encode(name), encode(package["version"].as_str().unwrap()));
         let deb_arch = package["arch"].as_str().unwrap();
-        let encoded_name = name.replace('+', "%2B");
-        assert_eq!(purl, format!("pkg:deb/debian/{encoded_name}@{version}?arch={deb_arch}&distro=trixie"), "{name}");
+        assert_eq!(purl, format!("pkg:deb/debian/{name_part}@{version}?arch={deb_arch}&distro=trixie"), "{name}");
         assert_eq!(found["externalRefs"][0]["referenceType"], "purl");
         // And the suite its version came from (trixie-security for a security fix).
         let suite = package["suite"].as_str().unwrap();
@@ -568,7 +570,7 @@ fn signature_files(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".minisig") || n.starts_with("SHA256SUMS"))
+        .filter(|n| n.ends_with(".minisig") || n.starts_with("SHA256SUMS") || n == "index.json")
         .collect();
     names.sort();
     names
@@ -642,7 +644,8 @@ fn signed_build(arch: &str) {
     assert_eq!(report["signed_with_key_id"], key_id);
     let out = verify();
     assert!(out.status.success(), "verify: {}", stderr(&out));
-    assert_eq!(signature_files(&dir).len(), signed.len() + 1, "{:?}", signature_files(&dir));
+    // Each signed file's signature, SHA256SUMS and its signature, the index and its signature.
+    assert_eq!(signature_files(&dir).len(), signed.len() + 3, "{:?}", signature_files(&dir));
 }
 
 #[test]

@@ -7,6 +7,9 @@
 #[path = "../../machined/src/protocol.rs"]
 pub mod protocol;
 
+/// A loopback Garage S3 store and the independent client (awscli) the upload tests check with.
+pub mod s3;
+
 use assert_cmd::Command;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -98,4 +101,45 @@ pub fn spec_copy(dir: &Path) -> PathBuf {
         std::fs::copy(repo_root().join("image-spec").join(name), spec_dir.join(name)).unwrap();
     }
     spec_dir.join("node.toml")
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), different per seed.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        out.extend_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes an unsigned output directory as build-image would: `artifacts` (file name, size; a .json
+/// one gets a small SBOM-like text, the rest pseudo-random bytes seeded by `seed`) and manifest.json.
+pub fn write_output_dir(dir: &Path, arch: &str, version: &str, artifacts: &[(&str, usize)], seed: u64) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut listed = Vec::new();
+    for (index, (name, size)) in artifacts.iter().enumerate() {
+        let content = if name.ends_with(".json") {
+            format!(r#"{{"spdxVersion":"SPDX-2.3","name":"node-{arch}"}}"#).into_bytes()
+        } else {
+            pseudo_random(*size, seed * 100 + index as u64 + 1)
+        };
+        std::fs::write(dir.join(name), &content).unwrap();
+        listed.push(serde_json::json!({"file": name, "size": content.len(), "sha256": sha256_hex(&content)}));
+    }
+    let manifest = serde_json::json!({
+        "image": "node", "version": version, "arch": arch, "board": format!("qemu-{arch}"),
+        "source_date_epoch": 1_700_000_000u64, "lock_sha256": sha256_hex(b"lock"),
+        "kernel": format!("6.1.0-test-{arch}"), "cmdline": "console=ttyS0", "artifacts": listed,
+    });
+    std::fs::write(dir.join("manifest.json"), serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
 }

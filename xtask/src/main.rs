@@ -15,6 +15,7 @@ mod layers;
 mod rootfs;
 mod sign;
 mod uki;
+mod upload;
 
 mod tasks;
 
@@ -56,8 +57,14 @@ enum Task {
     Keygen(tasks::keygen::KeygenArgs),
     /// Sign an output directory: a .minisig per artifact and for manifest.json, SHA256SUMS(.minisig)
     Sign(tasks::sign::SignArgs),
-    /// Verify a signed output directory against a public key (needs nothing but DIR and the key)
+    /// Verify a signed release against a public key: a directory, or s3://… where it lies (needs nothing but it and the key)
     Verify(tasks::verify::VerifyArgs),
+    /// Publish a signed output directory to S3-compatible object storage (AWS S3, Garage, MinIO, Ceph, R2), channel pointer last
+    Upload(tasks::upload::UploadArgs),
+    /// Build, boot-test, sign and verify both arches, then upload both (--to): one unattended command for CI
+    Release(tasks::release::ReleaseArgs),
+    /// Start a single-node Garage S3 store on loopback (installed into the cache when missing), for the tests and bench
+    TestGarage(tasks::test_garage::TestGarageArgs),
     /// Compare two build-image output directories artifact by artifact (e.g. built on two machines)
     CompareBuilds(tasks::compare_builds::CompareArgs),
     /// Check Talos-format extension directories (manifest, packages.toml, service specs, Talos's content rules) without building
@@ -87,6 +94,9 @@ fn run(cli: Cli) -> Result<()> {
         Task::Keygen(args) => tasks::keygen::run(global, args),
         Task::Sign(args) => tasks::sign::run(global, args),
         Task::Verify(args) => tasks::verify::run(global, args),
+        Task::Upload(args) => tasks::upload::run(global, args),
+        Task::Release(args) => tasks::release::run(global, args),
+        Task::TestGarage(args) => tasks::test_garage::run(global, args),
         Task::CompareBuilds(args) => tasks::compare_builds::run(global, args),
         Task::CheckExtension(args) => tasks::check_extension::run(global, args),
         Task::CheckLayout => tasks::check_layout::run(global),

@@ -221,6 +221,13 @@ mod tests {
             h.set_size(2);
             h.set_mode(0o755);
             b.append_data(&mut h, "./usr/bin/tool", &b"hi"[..]).unwrap();
+            for dir in ["./var/", "./var/local/"] {
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_size(0);
+                h.set_mode(0o2775);
+                b.append_data(&mut h, dir, &b""[..]).unwrap();
+            }
         });
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("base-files.deb");
@@ -234,6 +241,7 @@ mod tests {
         assert_eq!(fs::read_link(root.join("lib")).unwrap(), Path::new("usr/lib"));
         assert_eq!(fs::read(root.join("bin/tool")).unwrap(), b"hi");
         assert_eq!(provenance.get(Path::new("bin")).map(String::as_str), Some("base-files"));
+        assert_eq!(provenance.get(Path::new("var/local")).map(String::as_str), Some("base-files"), "{provenance:?}");
     }
 
     #[test]

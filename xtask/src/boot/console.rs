@@ -41,7 +41,9 @@ pub fn wait_for_line(
         if let Some(rest) = complete.lines().find_map(|l| l.split_once(prefix).map(|(_, rest)| rest)) {
             return Ok((rest.to_string(), started.elapsed()));
         }
-        scan_for_failures(&log, serial_log)?;
+        // Whole lines here too: a failure line read half-written would be reported without its reason
+        // (seen: "MACHINED-FATAL:" alone, the cause still on its way).
+        scan_for_failures(complete, serial_log)?;
         if let Some(exit) = qemu.try_wait()? {
             let stderr = std::fs::read_to_string(qemu_stderr).unwrap_or_default();
             bail!(

@@ -3,7 +3,7 @@
 
 use crate::initramfs::kernel_requirements;
 use crate::layers::layer::LayerRecord;
-use crate::spec::names::{MANIFEST_FILE, SIGNATURE_SUFFIX, SUMS_FILE};
+use crate::spec::names::{INDEX_FILE, MANIFEST_FILE, SIGNATURE_SUFFIX, SUMS_FILE};
 use crate::spec::Arch;
 use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -48,6 +48,16 @@ pub struct Artifact {
 /// A name that is safe to join to the directory and to write into SHA256SUMS: one plain path
 /// component, no whitespace or control characters, and not one of the files signing writes.
 pub fn check_file_name(name: &str) -> Result<()> {
+    check_plain_name(name)?;
+    ensure!(
+        name != SUMS_FILE && name != INDEX_FILE && !name.ends_with(SIGNATURE_SUFFIX),
+        "{name:?} is a name signing itself writes"
+    );
+    Ok(())
+}
+
+/// One plain path component: no directories, whitespace or control characters.
+pub fn check_plain_name(name: &str) -> Result<()> {
     ensure!(
         !name.is_empty()
             && name != "."
@@ -56,7 +66,6 @@ pub fn check_file_name(name: &str) -> Result<()> {
             && !name.chars().any(|c| c.is_whitespace() || c.is_control()),
         "{name:?} is not a plain file name (no directories, spaces or control characters)"
     );
-    ensure!(name != SUMS_FILE && !name.ends_with(SIGNATURE_SUFFIX), "{name:?} is a name signing itself writes");
     Ok(())
 }
 
@@ -135,7 +144,7 @@ mod tests {
 
     #[test]
     fn file_names_must_be_plain() {
-        for bad in ["", "..", "a/b", "../x", "a b", "x\ny", "SHA256SUMS", "a.minisig"] {
+        for bad in ["", "..", "a/b", "../x", "a b", "x\ny", "SHA256SUMS", "a.minisig", "index.json"] {
             assert!(check_file_name(bad).is_err(), "{bad:?}");
         }
         check_file_name("node-arm64.rootfs.sqsh").unwrap();

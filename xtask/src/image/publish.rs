@@ -3,7 +3,7 @@
 //! interrupted build leaves the previous outputs as they were.
 
 use super::manifest::Manifest;
-use crate::spec::names::{is_signing_output, MANIFEST_FILE, SIGNATURE_SUFFIX, SUMS_FILE};
+use crate::spec::names::{is_signing_output, signature_of, INDEX_FILE, MANIFEST_FILE, SUMS_FILE};
 use crate::util::fs::{ensure_dir, TEMP_PREFIX};
 use anyhow::{Context, Result};
 use std::fs;
@@ -54,8 +54,8 @@ impl Staging {
     }
 }
 
-/// Removes what signing wrote into `dir` (SHA256SUMS, its signature, every `*.minisig`, and temporary
-/// files of an interrupted write), SHA256SUMS.minisig first, so that at every moment a verifier finds
+/// Removes what signing wrote into `dir` (index.json, SHA256SUMS, their signatures, every `*.minisig`,
+/// and temporary files of an interrupted write), index.json and SHA256SUMS.minisig first, so that at every moment a verifier finds
 /// the directory unsigned rather than signed with stale signatures.
 pub fn remove_signatures(dir: &Path) -> Result<()> {
     let entries = match fs::read_dir(dir) {
@@ -72,8 +72,9 @@ pub fn remove_signatures(dir: &Path) -> Result<()> {
             stale.push(name);
         }
     }
-    let sums_signature = format!("{SUMS_FILE}{SIGNATURE_SUFFIX}");
-    stale.sort_by_key(|name| (name != &sums_signature, name != SUMS_FILE, name.clone()));
+    // The index first (it names everything else), then SHA256SUMS's signature and SHA256SUMS.
+    let sums_signature = signature_of(SUMS_FILE);
+    stale.sort_by_key(|name| (name != INDEX_FILE, name != &sums_signature, name != SUMS_FILE, name.clone()));
     for name in stale {
         let path = dir.join(&name);
         fs::remove_file(&path).with_context(|| format!("removing the stale signature file {}", path.display()))?;
@@ -103,7 +104,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let temporary = format!("{TEMP_PREFIX}x1");
-        for name in ["SHA256SUMS", "SHA256SUMS.minisig", "a.raw.minisig", &temporary, "a.raw", "manifest.json"] {
+        for name in
+            ["SHA256SUMS", "SHA256SUMS.minisig", "a.raw.minisig", "index.json", &temporary, "a.raw", "manifest.json"]
+        {
             std::fs::write(d.join(name), b"x").unwrap();
         }
         remove_signatures(d).unwrap();

@@ -1,13 +1,15 @@
 //! `cargo xtask sign`: signs an output directory in minisign's format. Every artifact listed in
 //! manifest.json, and manifest.json itself, gets a `<file>.minisig` whose trusted comment names the
-//! image, version, arch, file and sha256; then `SHA256SUMS` (sha256sum format) and its signature.
+//! image, version, arch, file and sha256; then `SHA256SUMS` (sha256sum format) and its signature;
+//! last `index.json`, the list of all of those files (index.rs), and its signature.
 //! The directory is checked against its manifest first, so a signature never vouches for a file the
 //! build did not produce. Ed25519 is deterministic and nothing time-dependent is signed, so signing
 //! the same inputs with the same key gives byte-identical files.
 
+use super::index::Index;
 use super::minisign::{digest_bytes, digest_files, FileDigests, SecretKey};
-use crate::image::manifest::Manifest;
-use crate::spec::names::{MANIFEST_FILE, SIGNATURE_SUFFIX, SUMS_FILE};
+use crate::image::manifest::{Artifact, Manifest};
+use crate::spec::names::{signature_of, INDEX_FILE, MANIFEST_FILE, SUMS_FILE};
 use crate::util::fs::write_atomic;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -43,17 +45,24 @@ pub fn sign_dir(dir: &Path, key: &SecretKey) -> Result<()> {
     signed.push((MANIFEST_FILE.to_string(), digest_bytes(&manifest_bytes)));
     signed.sort_by(|a, b| a.0.cmp(&b.0));
 
-    // Per-file signatures first and SHA256SUMS last: an interrupted run leaves a directory that
-    // fails verification rather than one that passes with stale signatures.
+    // Per-file signatures first, then SHA256SUMS, the index last: an interrupted run leaves a
+    // directory that fails verification rather than one that passes with stale signatures.
+    let mut released = Vec::new();
     for (file, digest) in &signed {
-        write_signature(dir, file, digest, &manifest, key)?;
+        released.push(entry(file, digest));
+        released.push(write_signature(dir, file, digest, &manifest, key)?);
     }
     let sums: String = signed.iter().map(|(file, d)| format!("{}  {file}\n", d.sha256_hex())).collect();
     write_atomic(&dir.join(SUMS_FILE), sums.as_bytes())?;
-    write_signature(dir, SUMS_FILE, &digest_bytes(sums.as_bytes()), &manifest, key)?;
+    let sums_digest = digest_bytes(sums.as_bytes());
+    released.push(entry(SUMS_FILE, &sums_digest));
+    released.push(write_signature(dir, SUMS_FILE, &sums_digest, &manifest, key)?);
+    let index = Index::new(&manifest, released).to_json()?;
+    write_atomic(&dir.join(INDEX_FILE), index.as_bytes())?;
+    write_signature(dir, INDEX_FILE, &digest_bytes(index.as_bytes()), &manifest, key)?;
 
     crate::util::progress::note(format!(
-        "signed {} files in {} with key id {} ({SUMS_FILE} and {SUMS_FILE}{SIGNATURE_SUFFIX} written)",
+        "signed {} files in {} with key id {} ({SUMS_FILE}, {INDEX_FILE} and their signatures written)",
         signed.len(),
         dir.display(),
         key.key_id()
@@ -61,12 +70,25 @@ pub fn sign_dir(dir: &Path, key: &SecretKey) -> Result<()> {
     Ok(())
 }
 
-fn write_signature(dir: &Path, file: &str, digest: &FileDigests, manifest: &Manifest, key: &SecretKey) -> Result<()> {
-    let path = dir.join(format!("{file}{SIGNATURE_SUFFIX}"));
+fn entry(file: &str, digest: &FileDigests) -> Artifact {
+    Artifact { file: file.to_string(), size: digest.size, sha256: digest.sha256_hex() }
+}
+
+/// Writes `<file>.minisig` and returns its index entry.
+fn write_signature(
+    dir: &Path,
+    file: &str,
+    digest: &FileDigests,
+    manifest: &Manifest,
+    key: &SecretKey,
+) -> Result<Artifact> {
+    let name = signature_of(file);
     let minisig = key
         .sign(&digest.blake2b512, &manifest.trusted_comment(file, &digest.sha256_hex()))
         .with_context(|| format!("signing {}", dir.join(file).display()))?;
-    write_atomic(&path, minisig.to_file_text().as_bytes())
+    let text = minisig.to_file_text();
+    write_atomic(&dir.join(&name), text.as_bytes())?;
+    Ok(entry(&name, &digest_bytes(text.as_bytes())))
 }
 
 #[cfg(test)]

@@ -466,19 +466,19 @@ pub fn digest_bytes(bytes: &[u8]) -> FileDigests {
     }
 }
 
-/// Streams a file through SHA-256 and BLAKE2b-512 at once (images are hundreds of MB).
-pub fn digest_file(path: &Path) -> Result<FileDigests> {
-    let mut file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+/// Streams a reader through SHA-256 and BLAKE2b-512 at once (images are hundreds of MB); `what`
+/// names it in errors.
+pub fn digest_reader(mut reader: impl Read, what: &str) -> Result<FileDigests> {
     let mut sha256 = Sha256::new();
     let mut blake2b = Blake2b512::new();
     let mut size = 0u64;
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = match file.read(&mut buf) {
+        let n = match reader.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+            Err(e) => return Err(e).with_context(|| format!("reading {what}")),
         };
         sha256.update(&buf[..n]);
         blake2b.update(&buf[..n]);
@@ -487,20 +487,32 @@ pub fn digest_file(path: &Path) -> Result<FileDigests> {
     Ok(FileDigests { size, sha256: sha256.finalize().into(), blake2b512: blake2b.finalize().into() })
 }
 
+pub fn digest_file(path: &Path) -> Result<FileDigests> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    digest_reader(file, &path.display().to_string())
+}
+
 /// [`digest_file`] for many files, on all cores (hashing is the whole cost of sign and verify).
 /// Results are in the order of `paths`.
 pub fn digest_files(paths: &[PathBuf]) -> Vec<Result<FileDigests>> {
+    digest_each(paths.len(), |i| digest_file(&paths[i]))
+}
+
+/// Runs `digest(0..count)` on all cores (up to 8 threads); results are in index order.
+pub fn digest_each(count: usize, digest: impl Fn(usize) -> Result<FileDigests> + Sync) -> Vec<Result<FileDigests>> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<Result<FileDigests>>>> = Mutex::new(paths.iter().map(|_| None).collect());
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8).min(paths.len().max(1));
+    let results: Mutex<Vec<Option<Result<FileDigests>>>> = Mutex::new((0..count).map(|_| None).collect());
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8).min(count.max(1));
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(path) = paths.get(i) else { break };
-                let result = digest_file(path);
+                if i >= count {
+                    break;
+                }
+                let result = digest(i);
                 results.lock().unwrap_or_else(|poisoned| poisoned.into_inner())[i] = Some(result);
             });
         }
@@ -509,9 +521,9 @@ pub fn digest_files(paths: &[PathBuf]) -> Vec<Result<FileDigests>> {
         .into_inner()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .into_iter()
-        .zip(paths)
-        .map(|(result, path)| {
-            result.unwrap_or_else(|| Err(anyhow::anyhow!("{}: hashing thread did not finish", path.display())))
+        .enumerate()
+        .map(|(i, result)| {
+            result.unwrap_or_else(|| Err(anyhow::anyhow!("hashing file {i}: the thread did not finish")))
         })
         .collect()
 }

@@ -2,5 +2,7 @@
 //! and verifying one with nothing but the directory and the public key.
 
 pub mod dir;
+pub mod index;
 pub mod minisign;
+pub mod source;
 pub mod verify;

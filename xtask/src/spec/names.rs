@@ -95,10 +95,17 @@ pub const EXTENSIONS_DIR: &str = "extensions";
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const SUMS_FILE: &str = "SHA256SUMS";
 pub const SIGNATURE_SUFFIX: &str = ".minisig";
+/// The signed list of every file of a release, signatures included (sign/index.rs).
+pub const INDEX_FILE: &str = "index.json";
 
-/// Whether `name` is a file signing writes into an output directory (signatures, SHA256SUMS).
+/// Whether `name` is a file signing writes into an output directory (signatures, SHA256SUMS, the index).
 pub fn is_signing_output(name: &str) -> bool {
-    name.starts_with(SUMS_FILE) || name.ends_with(SIGNATURE_SUFFIX)
+    name.starts_with(SUMS_FILE) || name.ends_with(SIGNATURE_SUFFIX) || name == INDEX_FILE
+}
+
+/// The signature file of `file`: `<file>.minisig`.
+pub fn signature_of(file: &str) -> String {
+    format!("{file}{SIGNATURE_SUFFIX}")
 }
 
 /// An artifact's file name: `<image>-<arch>.<kind>`, e.g. node-arm64.rootfs.sqsh.

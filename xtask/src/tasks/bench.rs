@@ -3,24 +3,66 @@
 //! NICs), and the floor (same firmware, stub, kernel and NICs with a trivial initramfs) measured in
 //! the same run, with the ratios the targets are stated in.
 //! Figures are reported, never asserted: these machines are too noisy for timed tests.
+//!
+//! `--upload` adds the upload rows: a file of 1 GiB (`--upload-mib`) published with `cargo xtask
+//! upload` to a loopback Garage node, against `aws s3 cp` of the same file to the same node in the
+//! same run, interleaved, `--upload-runs` times each (medians), and our upload's peak memory from
+//! wait4(2) on its process. `--upload-only` skips the build and boot rows.
 
 use super::{print_json, Global};
 use crate::boot::qemu::{self, Accel};
 use crate::boot::{boot_test, floor_boot, BootOptions};
 use crate::image::build::{self, build_floor_disk};
+use crate::image::manifest::Artifact;
 use crate::image::manifest::Manifest;
+use crate::sign::dir::sign_dir;
+use crate::sign::minisign::SecretKey;
+use crate::spec::names::MANIFEST_FILE;
 use crate::spec::workspace::Workspace;
 use crate::spec::{select_board, Arch};
+use crate::upload::garage;
+use crate::util::cmd::{cmd, Cmd};
+use crate::util::fs::write_atomic;
 use crate::util::host;
 use crate::util::progress;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// Only this arch [default: both]
     #[arg(long, value_enum)]
     pub arch: Option<Arch>,
+    /// Also measure uploads to a loopback Garage: ours against `aws s3 cp` of the same file
+    #[arg(long)]
+    pub upload: bool,
+    /// Only the upload rows (implies --upload)
+    #[arg(long)]
+    pub upload_only: bool,
+    /// Uploads of each client, interleaved (the medians are reported)
+    #[arg(long, default_value_t = 3)]
+    pub upload_runs: usize,
+    /// Size of the uploaded file, in MiB
+    #[arg(long, default_value_t = 1024)]
+    pub upload_mib: u64,
+}
+
+/// The upload rows.
+#[derive(Debug, Serialize)]
+pub struct UploadFigures {
+    pub file_bytes: u64,
+    pub part_mib: u64,
+    pub jobs: usize,
+    /// `cargo xtask upload`, whole process: verifying the directory, probing, sending, the pointer.
+    pub ours_total_secs: Vec<f64>,
+    /// Its transfer phase alone (the report's transfer_seconds).
+    pub ours_transfer_secs: Vec<f64>,
+    pub aws_secs: Vec<f64>,
+    /// The largest peak resident memory of our upload process over the runs.
+    pub ours_peak_rss_bytes: u64,
+    pub aws_peak_rss_bytes: u64,
+    pub aws_version: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -44,14 +86,200 @@ pub fn run(global: &Global, args: &BenchArgs) -> Result<()> {
     let ws = global.workspace();
     let scratch = tempfile::tempdir().context("creating the bench's scratch directory")?;
     let mut rows = Vec::new();
-    for arch in args.arch.map_or(Arch::ALL.to_vec(), |a| vec![a]) {
-        rows.push(bench_arch(&ws, arch, scratch.path())?);
+    if !args.upload_only {
+        for arch in args.arch.map_or(Arch::ALL.to_vec(), |a| vec![a]) {
+            rows.push(bench_arch(&ws, arch, scratch.path())?);
+        }
     }
+    let upload = match args.upload || args.upload_only {
+        true => Some(bench_upload(&ws, scratch.path(), args.upload_runs.max(1), args.upload_mib)?),
+        false => None,
+    };
     if global.json {
-        return print_json(&rows);
+        return match &upload {
+            Some(upload) => print_json(&serde_json::json!({ "arches": rows, "upload": upload })),
+            None => print_json(&rows),
+        };
     }
-    print_table(&rows);
+    if !rows.is_empty() {
+        print_table(&rows);
+    }
+    if let Some(upload) = &upload {
+        print_upload(upload);
+    }
     Ok(())
+}
+
+/// Part size and parts in flight of our upload: 8 MiB × 4 kept the prototype under 64 MB and ahead
+/// of awscli on this machine kind.
+const PART_MIB: u64 = 8;
+const JOBS: usize = 4;
+
+fn bench_upload(ws: &Workspace, scratch: &Path, runs: usize, mib: u64) -> Result<UploadFigures> {
+    host::ensure(&garage::client_requirements())?;
+    let binary = garage::install(&ws.cache_dir())?;
+    progress::note(format!("bench upload: writing a signed release with a {mib} MiB file"));
+    let dir = scratch.join("upload").join("bench-amd64");
+    let file = write_bench_release(&dir, mib << 20)?;
+    let key = scratch.join("upload").join("bench.pub");
+    let node = garage::start(&binary, &scratch.join("garage"), "bench")?;
+    let figures = measure_uploads(&node, &dir, &file, &key, runs);
+    let stopped = garage::stop(&node, false);
+    let figures = figures?;
+    stopped?;
+    Ok(figures)
+}
+
+/// A signed release directory holding one artifact of `size` pseudo-random bytes (random so that
+/// nothing compresses; Garage deduplicates identical blocks, which the warm-up upload evens out).
+fn write_bench_release(dir: &Path, size: u64) -> Result<PathBuf> {
+    use sha2::Digest;
+    use std::io::Write;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let name = "bench-amd64.raw";
+    let path = dir.join(name);
+    let mut out =
+        std::io::BufWriter::new(std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?);
+    let mut sha256 = sha2::Sha256::new();
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut block = vec![0u8; 1 << 20];
+    let mut written = 0u64;
+    while written < size {
+        for chunk in block.chunks_exact_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            chunk.copy_from_slice(&state.to_le_bytes());
+        }
+        let n = block.len().min((size - written) as usize);
+        sha256.update(&block[..n]);
+        out.write_all(&block[..n]).with_context(|| format!("writing {}", path.display()))?;
+        written += n as u64;
+    }
+    out.flush().with_context(|| format!("writing {}", path.display()))?;
+    let manifest = Manifest {
+        image: "bench".into(),
+        version: "1.0.0".into(),
+        arch: Arch::Amd64,
+        board: "bench".into(),
+        source_date_epoch: 0,
+        lock_sha256: String::new(),
+        kernel: "none".into(),
+        cmdline: String::new(),
+        extensions: Vec::new(),
+        on_demand_modules: 0,
+        kernel_requirements: None,
+        artifacts: vec![Artifact { file: name.into(), size, sha256: crate::util::digest::hex(&sha256.finalize()) }],
+    };
+    write_atomic(&dir.join(MANIFEST_FILE), manifest.to_json()?.as_bytes())?;
+    let key = SecretKey::generate()?;
+    sign_dir(dir, &key)?;
+    let public = dir.parent().context("the release has a parent directory")?.join("bench.pub");
+    write_atomic(&public, key.public_key().to_file_text().as_bytes())?;
+    Ok(path)
+}
+
+fn measure_uploads(node: &garage::Node, dir: &Path, file: &Path, key: &Path, runs: usize) -> Result<UploadFigures> {
+    // Both clients get the node's key in the environment and nothing of the host's AWS settings.
+    let with_env = |c: Cmd| {
+        c.env("AWS_ACCESS_KEY_ID", &node.access_key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &node.secret_access_key)
+            .env("AWS_REGION", &node.region)
+            .env("AWS_CONFIG_FILE", "/nonexistent/aws-config")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_SESSION_TOKEN")
+    };
+    let aws = |to: String| {
+        with_env(cmd("aws").args(["--endpoint-url", &node.endpoint, "--region", &node.region]))
+            .args(["s3", "cp", "--only-show-errors"])
+            .arg(file)
+            .arg(to)
+    };
+    let ours = |prefix: String| -> Result<Cmd> {
+        let exe = std::env::current_exe().context("finding this program")?;
+        Ok(with_env(cmd(exe))
+            .args([
+                "--json",
+                "upload",
+                "--no-conditional",
+                "--part-size",
+                &PART_MIB.to_string(),
+                "--jobs",
+                &JOBS.to_string(),
+            ])
+            .args(["--to", &prefix, "--endpoint", &node.endpoint, "--region", &node.region, "--key"])
+            .arg(key)
+            .arg(dir))
+    };
+    let aws_version = cmd("aws").arg("--version").read().unwrap_or_default().trim().to_string();
+    progress::note("bench upload: warm-up (Garage stores each block once; both clients then send what it has)");
+    aws(format!("s3://{}/warm-up/bench-amd64.raw", node.bucket)).measure()?;
+    let size = std::fs::metadata(file).with_context(|| format!("reading the metadata of {}", file.display()))?.len();
+    let mut figures = UploadFigures {
+        file_bytes: size,
+        part_mib: PART_MIB,
+        jobs: JOBS,
+        ours_total_secs: Vec::new(),
+        ours_transfer_secs: Vec::new(),
+        aws_secs: Vec::new(),
+        ours_peak_rss_bytes: 0,
+        aws_peak_rss_bytes: 0,
+        aws_version,
+    };
+    for run in 1..=runs {
+        progress::note(format!("bench upload: run {run} of {runs}, ours then aws s3 cp"));
+        let measured = ours(format!("s3://{}/ours-{run}", node.bucket))?.measure()?;
+        let report: serde_json::Value =
+            serde_json::from_slice(&measured.stdout).context("reading our upload's report")?;
+        if report["bytes_sent"].as_u64() < Some(size) {
+            bail!("our upload sent {} bytes of {size}: it did not send the file", report["bytes_sent"]);
+        }
+        figures.ours_total_secs.push(measured.seconds);
+        figures.ours_transfer_secs.push(report["transfer_seconds"].as_f64().unwrap_or(measured.seconds));
+        figures.ours_peak_rss_bytes = figures.ours_peak_rss_bytes.max(measured.max_rss_bytes);
+        let measured = aws(format!("s3://{}/aws-{run}/bench-amd64.raw", node.bucket)).measure()?;
+        figures.aws_secs.push(measured.seconds);
+        figures.aws_peak_rss_bytes = figures.aws_peak_rss_bytes.max(measured.max_rss_bytes);
+    }
+    Ok(figures)
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn print_upload(u: &UploadFigures) {
+    let mib = u.file_bytes as f64 / (1 << 20) as f64;
+    let runs = |v: &[f64]| v.iter().map(|s| format!("{s:.2}")).collect::<Vec<_>>().join(" / ");
+    let (transfer, total, aws) = (median(&u.ours_transfer_secs), median(&u.ours_total_secs), median(&u.aws_secs));
+    let rows = [
+        (
+            format!("upload {mib:.0} MiB, ours: transfer (s, runs)"),
+            format!("{transfer:.2} s ({})", runs(&u.ours_transfer_secs)),
+        ),
+        ("  throughput".to_string(), format!("{:.0} MiB/s", mib / transfer)),
+        (
+            "  whole command incl. verify, probe, pointer".to_string(),
+            format!("{total:.2} s ({})", runs(&u.ours_total_secs)),
+        ),
+        ("aws s3 cp, same file, same server".to_string(), format!("{aws:.2} s ({})", runs(&u.aws_secs))),
+        ("  throughput".to_string(), format!("{:.0} MiB/s", mib / aws)),
+        ("ours / aws throughput (target ≥ 1.0×)".to_string(), format!("{:.2}×", aws / transfer)),
+        ("  whole command / aws".to_string(), format!("{:.2}×", aws / total)),
+        (
+            format!("ours peak memory ({} MiB × {} parts; target < 64 MB)", u.part_mib, u.jobs),
+            format!("{:.1} MB", u.ours_peak_rss_bytes as f64 / 1e6),
+        ),
+        ("aws peak memory".to_string(), format!("{:.1} MB", u.aws_peak_rss_bytes as f64 / 1e6)),
+        ("awscli".to_string(), u.aws_version.clone()),
+    ];
+    for (label, value) in rows {
+        println!("| {label:<52} | {value:>30} |");
+    }
 }
 
 fn bench_arch(ws: &Workspace, arch: Arch, scratch: &std::path::Path) -> Result<ArchFigures> {

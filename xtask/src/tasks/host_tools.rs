@@ -5,6 +5,7 @@ use super::Global;
 use crate::boot::qemu;
 use crate::image::build;
 use crate::spec::{load_boards, Arch};
+use crate::upload::garage;
 use crate::util::host::{self, req, Requirement};
 use crate::util::progress;
 use anyhow::Result;
@@ -28,6 +29,9 @@ pub fn for_tests() -> Vec<Requirement> {
         req("x86_64-linux-gnu-objdump", "binutils", "checking UKI sections (x86-64)"),
         req("aarch64-linux-gnu-objdump", "binutils-aarch64-linux-gnu", "checking UKI sections (arm64)"),
     ]
+    .into_iter()
+    .chain(garage::client_requirements())
+    .collect()
 }
 
 pub fn run(global: &Global, args: &HostToolsArgs) -> Result<()> {
@@ -41,6 +45,10 @@ pub fn run(global: &Global, args: &HostToolsArgs) -> Result<()> {
         reqs.extend(for_tests());
     }
     host::ensure(&reqs)?;
+    if args.arch.is_none() {
+        // The loopback S3 store the upload tests and bench run against (crates.io, not Debian).
+        garage::install(&global.workspace().cache_dir())?;
+    }
     progress::note("host tools present");
     Ok(())
 }

@@ -12,7 +12,10 @@ pub mod host_tools;
 pub mod keygen;
 pub mod lock;
 pub mod outdated;
+pub mod release;
 pub mod sign;
+pub mod test_garage;
+pub mod upload;
 pub mod verify;
 
 use crate::spec::workspace::Workspace;
@@ -68,6 +71,25 @@ impl Global {
             self.mirror.clone(),
             self.suite_mirrors.clone(),
         )
+    }
+}
+
+/// `--arch` / `--board`: which out/<board>/ a command on an output directory works on, when it is not
+/// given outright as DIR.
+#[derive(Args, Clone, Debug)]
+pub struct BoardDir {
+    /// out/<board>/ of the default board for this arch
+    #[arg(long)]
+    pub arch: Option<Arch>,
+    /// out/<board>/ of this board (a name in boards/ or a path to its .toml)
+    #[arg(long)]
+    pub board: Option<String>,
+}
+
+impl BoardDir {
+    /// `dir` when given, else the output directory `--arch`/`--board` point at.
+    pub fn resolve(&self, global: &Global, dir: Option<&Path>) -> Result<PathBuf> {
+        target_dir(&global.workspace(), dir, self.board.as_deref(), self.arch)
     }
 }
 

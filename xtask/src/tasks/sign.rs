@@ -1,21 +1,16 @@
 //! `cargo xtask sign`: signs an output directory (a .minisig per artifact and for manifest.json,
 //! SHA256SUMS and its signature).
 
-use super::{target_dir, Global};
+use super::{BoardDir, Global};
 use crate::sign::{dir::sign_dir, minisign::SecretKey};
 use crate::spec::names::SUMS_FILE;
-use crate::spec::Arch;
 use anyhow::Result;
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct SignArgs {
-    /// Sign out/<board>/ of the default board for this arch
-    #[arg(long)]
-    pub arch: Option<Arch>,
-    /// Sign out/<board>/ of this board (a name in boards/ or a path to its .toml)
-    #[arg(long)]
-    pub board: Option<String>,
+    #[command(flatten)]
+    pub target: BoardDir,
     /// Unencrypted minisign secret key file (mode 0600). Without it, $XTASK_SIGNING_KEY must hold
     /// the key file's contents
     #[arg(long, value_name = "FILE")]
@@ -26,7 +21,7 @@ pub struct SignArgs {
 }
 
 pub fn run(global: &Global, args: &SignArgs) -> Result<()> {
-    let dir = target_dir(&global.workspace(), args.dir.as_deref(), args.board.as_deref(), args.arch)?;
+    let dir = args.target.resolve(global, args.dir.as_deref())?;
     let key = SecretKey::load(args.secret_key.as_deref())?;
     sign_dir(&dir, &key)?;
     if global.json {

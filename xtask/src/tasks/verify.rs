@@ -1,10 +1,13 @@
-//! `cargo xtask verify`: checks a signed output directory against a public key (needs nothing but
-//! the directory and the key).
+//! `cargo xtask verify`: checks a signed release against a public key (needs nothing but the release
+//! and the key): a directory here, or `s3://…` where it lies in a bucket, with the same checks.
 
-use super::{target_dir, Global};
+use super::upload::StoreArgs;
+use super::{BoardDir, Global};
 use crate::sign::minisign::PublicKey;
-use crate::sign::verify::{verify_dir, Report};
-use crate::spec::Arch;
+use crate::sign::source::{Dir, Source};
+use crate::sign::verify::{verify, Report};
+use crate::upload::location::{Location, SCHEME};
+use crate::upload::source::Release;
 use anyhow::{bail, Result};
 use std::path::PathBuf;
 
@@ -13,15 +16,15 @@ pub struct VerifyArgs {
     /// Public key to check against (minisign format, e.g. nodeimg.pub)
     #[arg(long, value_name = "KEY.pub")]
     pub key: PathBuf,
-    /// Verify out/<board>/ of the default board for this arch
-    #[arg(long)]
-    pub arch: Option<Arch>,
-    /// Verify out/<board>/ of this board (a name in boards/ or a path to its .toml)
-    #[arg(long)]
-    pub board: Option<String>,
-    /// Signed directory to verify (needs nothing else: works on a copy anywhere)
-    #[arg(value_name = "DIR")]
-    pub dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub target: BoardDir,
+    /// Signed directory to verify (needs nothing else: works on a copy anywhere), or a published
+    /// release where it lies: s3://BUCKET/PREFIX/<image>/<version>/<arch>/ (each object streamed once)
+    #[arg(value_name = "DIR|s3://…")]
+    pub dir: Option<String>,
+    /// For s3:// releases: how to reach the store
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 fn human_size(bytes: u64) -> String {
@@ -40,9 +43,18 @@ fn human_size(bytes: u64) -> String {
 }
 
 pub fn run(global: &Global, args: &VerifyArgs) -> Result<()> {
-    let setup = target_dir(&global.workspace(), args.dir.as_deref(), args.board.as_deref(), args.arch)
-        .and_then(|dir| Ok((dir, PublicKey::load(&args.key)?)));
-    let (dir, key) = match setup {
+    let remote = args.dir.as_deref().filter(|d| d.starts_with(SCHEME));
+    let setup = (|| {
+        let key = PublicKey::load(&args.key)?;
+        let location = remote.map(Location::parse).transpose()?;
+        let dir = match remote {
+            Some(_) => None,
+            None => Some(args.target.resolve(global, args.dir.as_deref().map(std::path::Path::new))?),
+        };
+        let store = location.as_ref().map(|l| args.store.connect(l)).transpose()?;
+        Ok::<_, anyhow::Error>((key, location, dir, store))
+    })();
+    let (key, location, dir, store) = match setup {
         Ok(setup) => setup,
         Err(e) => {
             if global.json {
@@ -53,7 +65,12 @@ pub fn run(global: &Global, args: &VerifyArgs) -> Result<()> {
             return Err(e);
         }
     };
-    let report = verify_dir(&dir, &key);
+    let source: Box<dyn Source> = match (&store, location, &dir) {
+        (Some(store), Some(location), _) => Box::new(Release::open(store, location)?),
+        (_, _, Some(dir)) => Box::new(Dir::new(dir)),
+        _ => bail!("say what to verify: DIR, s3://…, or --arch/--board"),
+    };
+    let report = verify(source.as_ref(), &key);
     if global.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -62,10 +79,10 @@ pub fn run(global: &Global, args: &VerifyArgs) -> Result<()> {
         }
     }
     if !report.ok {
-        let problems: Vec<String> = report.errors.iter().map(|p| format!("{}: {}", p.file, p.message)).collect();
+        let problems = report.problem_lines();
         bail!(
             "verification of {} with key id {} FAILED ({} problem{}):\n  {}",
-            dir.display(),
+            source.location(),
             key.key_id,
             problems.len(),
             if problems.len() == 1 { "" } else { "s" },
@@ -78,7 +95,7 @@ pub fn run(global: &Global, args: &VerifyArgs) -> Result<()> {
             "verified {} files ({}) in {} against key id {}",
             report.files.len(),
             human_size(total),
-            dir.display(),
+            source.location(),
             key.key_id
         );
     }

@@ -145,8 +145,63 @@ pub struct Running {
 impl Cmd {
     /// Starts the command with stdout and stderr going to the given files.
     pub fn spawn(&self, stdout: std::fs::File, stderr: std::fs::File) -> Result<Running> {
+        let mut command = self.command();
+        command.stdin(std::process::Stdio::null()).stdout(stdout).stderr(stderr);
+        let child = command.spawn().with_context(|| format!("starting `{}`", self.display()))?;
+        Ok(Running { child, display: self.display() })
+    }
+}
+
+impl Cmd {
+    /// Starts a server that outlives this process (a test's object store): stdin from /dev/null,
+    /// stdout and stderr to `log`, in a process group of its own so a terminal's Ctrl-C goes to the
+    /// caller only. Returns its pid; [`stop`] ends it.
+    pub fn spawn_detached(&self, log: std::fs::File) -> Result<u32> {
+        use std::os::unix::process::CommandExt;
+        let stderr = log.try_clone().context("duplicating a log file handle")?;
+        let mut command = self.command();
+        command.stdin(std::process::Stdio::null()).stdout(log).stderr(stderr).process_group(0);
+        let child = command.spawn().with_context(|| format!("starting `{}`", self.display()))?;
+        Ok(child.id())
+    }
+
+    /// Runs to completion (stdout captured, stderr kept for the error) and returns its wall time and
+    /// peak resident memory, from wait4(2) on that child alone: a client whose speed is measured.
+    pub fn measure(&self) -> Result<Measured> {
+        let start = std::time::Instant::now();
+        let stderr = tempfile::tempfile().context("creating a file for a child's stderr")?;
+        let mut command = self.command();
+        command.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped());
+        command.stderr(stderr.try_clone().context("duplicating a file handle")?);
+        let mut child = command.spawn().with_context(|| format!("starting `{}`", self.display()))?;
+        let mut stdout = Vec::new();
+        if let Some(mut pipe) = child.stdout.take() {
+            use std::io::Read;
+            pipe.read_to_end(&mut stdout).with_context(|| format!("reading the output of `{}`", self.display()))?;
+        }
+        let pid = child.id() as libc::pid_t;
+        let mut status = 0;
+        // SAFETY: rusage is plain old data that wait4 fills in; the pid is our own unreaped child.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if waited != pid {
+            bail!("waiting for `{}`: {}", self.display(), std::io::Error::last_os_error());
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+            use std::io::{Read, Seek};
+            let mut text = String::new();
+            let mut stderr = stderr;
+            let _ = stderr.rewind().and_then(|()| stderr.read_to_string(&mut text));
+            bail!("`{}` failed (wait status {status}):\n{}", self.display(), tail(&text, 40));
+        }
+        // Linux reports ru_maxrss in KiB.
+        Ok(Measured { seconds, max_rss_bytes: usage.ru_maxrss as u64 * 1024, stdout })
+    }
+
+    fn command(&self) -> std::process::Command {
         let mut command = std::process::Command::new(&self.program);
-        command.args(&self.args).stdin(std::process::Stdio::null()).stdout(stdout).stderr(stderr);
+        command.args(&self.args);
         if let Some(dir) = &self.dir {
             command.current_dir(dir);
         }
@@ -156,9 +211,43 @@ impl Cmd {
         for (k, v) in &self.env {
             command.env(k, v);
         }
-        let child = command.spawn().with_context(|| format!("starting `{}`", self.display()))?;
-        Ok(Running { child, display: self.display() })
+        command
     }
+}
+
+/// What [`Cmd::measure`] saw.
+#[derive(Clone, Debug)]
+pub struct Measured {
+    pub seconds: f64,
+    pub max_rss_bytes: u64,
+    pub stdout: Vec<u8>,
+}
+
+/// Ends a process [`Cmd::spawn_detached`] started (SIGKILL when `kill`, else SIGTERM) and waits up to
+/// `limit` for it to be gone. A process that is not running any more is not an error.
+pub fn stop(pid: u32, kill: bool, limit: std::time::Duration) -> Result<()> {
+    let signal = if kill { libc::SIGKILL } else { libc::SIGTERM };
+    // SAFETY: kill(2) with a pid this process started and a valid signal number.
+    if unsafe { libc::kill(pid as libc::pid_t, signal) } != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ESRCH) {
+            return Ok(());
+        }
+        return Err(err).with_context(|| format!("signalling process {pid}"));
+    }
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        // Reap it if it is our child; either way it is gone once /proc no longer lists it running.
+        // SAFETY: waitpid with WNOHANG on a pid; a pid that is not our child just returns -1.
+        unsafe { libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), libc::WNOHANG) };
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let gone = state.rsplit_once(')').is_none_or(|(_, rest)| rest.trim_start().starts_with('Z'));
+        if gone {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    bail!("process {pid} did not end within {:?} of the signal", limit)
 }
 
 impl Running {

@@ -40,6 +40,16 @@ pub fn set_readable(path: &Path) -> Result<()> {
 /// Writes through a temporary file in the same directory (prefix `.xtask-write-`) and renames it over
 /// `path`, mode 0644, so a reader sees the old file or the new one, never half of one.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
+    replace(path, contents, true)
+}
+
+/// [`write_atomic`] without waiting for the disk: for a record of progress rewritten many times a
+/// second (an upload journal), where losing the last writes to a power cut only repeats some work.
+pub fn write_atomic_unsynced(path: &Path, contents: &[u8]) -> Result<()> {
+    replace(path, contents, false)
+}
+
+fn replace(path: &Path, contents: &[u8], sync: bool) -> Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let mut temp = tempfile::Builder::new()
         .prefix(TEMP_PREFIX)
@@ -47,7 +57,7 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
         .tempfile_in(dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
     temp.write_all(contents)
-        .and_then(|()| temp.as_file().sync_all())
+        .and_then(|()| if sync { temp.as_file().sync_all() } else { Ok(()) })
         .with_context(|| format!("writing {}", temp.path().display()))?;
     temp.persist(path).map_err(|e| e.error).with_context(|| format!("replacing {}", path.display()))?;
     Ok(())

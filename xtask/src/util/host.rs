@@ -219,6 +219,40 @@ pub fn ensure(reqs: &[Requirement]) -> Result<()> {
     Ok(())
 }
 
+/// A tool Debian does not package (Garage), built from crates.io with `cargo install --locked` at
+/// `version` into `root` once, saying so, and reused from there: `root/bin/<krate>`.
+pub fn cargo_tool(krate: &str, version: &str, root: &Path, why: &str) -> Result<std::path::PathBuf> {
+    let binary = root.join("bin").join(krate);
+    if binary.is_file() {
+        return Ok(binary);
+    }
+    progress::note(format!(
+        "installing {krate} {version} for {why}: `cargo install --locked` into {} (once; it compiles for many minutes)",
+        root.display()
+    ));
+    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    let target = root.join("build");
+    // Run from the tool's own directory, so no project's .cargo/config.toml applies, with a target
+    // directory of its own whatever CARGO_TARGET_DIR says.
+    cmd("cargo")
+        .args(["install", "--locked", "--version", version, "--root"])
+        .arg(root)
+        .arg("--target-dir")
+        .arg(&target)
+        .arg(krate)
+        .dir(root)
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("RUSTFLAGS")
+        .run()
+        .with_context(|| format!("installing {krate} {version} with cargo"))?;
+    let _ = std::fs::remove_dir_all(&target);
+    if !binary.is_file() {
+        bail!("cargo installed {krate} {version} but {} is missing", binary.display());
+    }
+    progress::note(format!("installed {}", binary.display()));
+    Ok(binary)
+}
+
 fn is_root() -> bool {
     cmd("id").arg("-u").read().map(|uid| uid.trim() == "0").unwrap_or(false)
 }

@@ -44,7 +44,7 @@ impl Step {
     }
 }
 
-/// A byte-counting bar (downloads).
+/// A byte-counting bar with the rate (downloads, uploads).
 pub fn bytes(label: impl Into<String>, total: u64) -> ProgressBar {
     if !interactive() {
         return ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden());
