@@ -59,12 +59,12 @@ fn bench_arch(ws: &Workspace, arch: Arch, scratch: &std::path::Path) -> Result<A
     host::ensure(&qemu::requirements(&board))?;
     let with = |cache: &str, out: &str| ws.with_cache_and_out(&scratch.join(cache), &scratch.join(out));
     progress::note(format!("bench {arch}: cold build (empty cache)"));
-    let cold = build::build(&with(&format!("cache-{arch}"), &format!("cold-{arch}")), &board)?;
+    let cold = build::build(&with(&format!("cache-{arch}"), &format!("cold-{arch}")), &board, None)?;
     progress::note(format!("bench {arch}: warm build (cached packages, empty output)"));
     let warm_ws = with(&format!("cache-{arch}"), &format!("warm-{arch}"));
-    let warm = build::build(&warm_ws, &board)?;
+    let warm = build::build(&warm_ws, &board, None)?;
     progress::note(format!("bench {arch}: second build, nothing changed"));
-    let unchanged = build::build(&warm_ws, &board)?;
+    let unchanged = build::build(&warm_ws, &board, None)?;
 
     progress::note(format!("bench {arch}: boot-test"));
     let boot = boot_test(&warm_ws, &board, &BootOptions { accel: Accel::Auto, timeout: None })?;
