@@ -5,7 +5,8 @@
 //! a read-only overlayfs) and switches into it. Then it makes the node: cgroup v2 with system/ and
 //! kubepods/, the scratch disk encrypted under a RAM-only key and formatted on /var, device links,
 //! containerd and the extension services, supervised. Once containerd answers and the services are up
-//! it reports one `MACHINED-STATUS {json}` line on the console. With `machined.smoke=1` on the kernel
+//! it reports one `MACHINED-STATUS {json}` line on the console (with whether the firmware enforced
+//! Secure Boot and the kernel's lockdown mode). With `machined.smoke=1` on the kernel
 //! command line it shuts down right after; otherwise it waits for the ACPI power button or
 //! SIGTERM/SIGINT/SIGPWR/SIGUSR2, supervising meanwhile (node.rs), then stops the services, closes the
 //! scratch disk (the key dies with it) and powers off. Any failure prints `MACHINED-FATAL: ...` and
@@ -37,6 +38,7 @@ mod parse;
 mod protocol;
 mod root;
 mod scratch;
+mod secure_boot;
 mod services;
 mod status;
 mod sys;
@@ -164,6 +166,8 @@ fn boot(init_start: u64, sigmask: &sys::sigset_t) -> Fallible<Option<(Node, bool
 
     let modules = modules.finish()?;
     milestones.push(("modules_loaded", sys::boot_ms()));
+    // After every module: efivarfs is one.
+    let secure_boot = secure_boot::read();
 
     let mut node = Node::new(sigmask, supervisor, scratch, containerd_state)?;
     let ready = node.wait_until_ready(&mut milestones);
@@ -197,6 +201,7 @@ fn boot(init_start: u64, sigmask: &sys::sigset_t) -> Fallible<Option<(Node, bool
         world_writable_found: contents.world_writable,
         cgroup_controllers: hierarchy.controllers,
         virtio_ports: devices::link_virtio_ports(),
+        secure_boot,
         milestones_ms: milestones,
     };
     let line = format!("{STATUS}{}\n", status::status_json(status));

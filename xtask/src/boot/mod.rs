@@ -9,11 +9,21 @@
 //! 5. The scratch disk image is scanned for the marker machined wrote to /var.
 //! 6. The verdict (verdict.rs) judges all of it at once: status, console, agent, scratch.
 //!
-//! The console is kept in out/<board>/boot.log; timings go in the report.
+//! With `--secure-boot` the machine runs the board's Secure Boot firmware with the variable store the
+//! signed build enrolled its keys into, and the verdict also wants Secure Boot on and the kernel
+//! locked down. That boot is the positive control for what follows it:
+//!
+//! 7. The refusals (refusal.rs): an unsigned UKI, one signed by another db key and the signed one with
+//!    a byte of its .initrd flipped, each on a disk of its own under the same firmware and store, each
+//!    proven refused by the firmware (verdict.rs, `judge_refusal`).
+//!
+//! The console is kept in out/<board>/boot.log (boot-secure-boot.log, refusal-*.log); timings go in
+//! the report.
 
 pub mod console;
 pub mod qemu;
 pub mod qmp;
+pub mod refusal;
 pub mod scan;
 pub mod verdict;
 
@@ -24,13 +34,13 @@ use crate::spec::Board;
 use crate::util::host;
 use crate::util::progress;
 use anyhow::{bail, Context, Result};
-use qemu::{Accel, Machine, NodeDevices};
+use qemu::{Accel, Firmware, Machine, NodeDevices};
 use qmp::{GuestAgent, Qmp};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use verdict::{Evidence, GuestAgentReport, ScratchReport, Status};
+use verdict::{Evidence, GuestAgentReport, RefusalProven, ScratchReport, Status};
 
 /// How to boot.
 #[derive(Clone, Copy, Debug)]
@@ -38,6 +48,19 @@ pub struct BootOptions {
     pub accel: Accel,
     /// Overrides the board's boot timeout.
     pub timeout: Option<Duration>,
+    /// Boot under the board's Secure Boot firmware with the build's enrolled variable store.
+    pub secure_boot: bool,
+    /// With `secure_boot`: after the boot, prove the firmware refuses each changed image.
+    pub refusals: bool,
+}
+
+/// What booting `board` needs on the host; with Secure Boot, also what the refusals sign with.
+pub fn requirements(board: &Board, secure_boot: bool) -> Vec<host::Requirement> {
+    let mut reqs = qemu::requirements(board);
+    if secure_boot {
+        reqs.extend(refusal::requirements());
+    }
+    reqs
 }
 
 #[derive(Debug, Serialize)]
@@ -60,6 +83,10 @@ pub struct BootReport {
     /// Service (re)starts seen on the console, per service.
     pub service_restarts: BTreeMap<String, u32>,
     pub log: PathBuf,
+    /// Booted under the Secure Boot firmware with our keys enrolled.
+    pub secure_boot: bool,
+    /// The images the firmware was proven to refuse (with `--secure-boot`).
+    pub refusals: Vec<RefusalProven>,
 }
 
 /// How long after the status line the guest agent may take to answer.
@@ -79,9 +106,21 @@ pub fn boot_test(ws: &Workspace, board: &Board, options: &BootOptions) -> Result
         .or_else(|| manifest.artifact(".raw"))
         .map(|a| dir.join(&a.file))
         .context("manifest.json lists no disk image")?;
-    host::ensure(&qemu::requirements(board))?;
+    host::ensure(&requirements(board, options.secure_boot))?;
     let accel = qemu::choose_accel(board, options.accel)?;
     let timeout = options.timeout.unwrap_or(Duration::from_secs(board.file.qemu.boot_timeout_secs));
+    let (firmware, log_name) = if options.secure_boot {
+        let vars = manifest.secure_boot.as_ref().and_then(|s| s.vars.as_ref()).with_context(|| {
+            format!(
+                "boot-test --secure-boot needs a build signed for Secure Boot with its variable store: run `cargo \
+                 xtask build-image --board {} --secure-boot-keys DIR`",
+                board.name
+            )
+        })?;
+        (Firmware::secure_boot(board, &dir.join(vars))?, "boot-secure-boot.log")
+    } else {
+        (Firmware::plain(board), "boot.log")
+    };
     let scratch_image = dir.join("scratch.raw");
     let devices = NodeDevices {
         scratch_disk: match &board.file.scratch_disk {
@@ -94,9 +133,16 @@ pub fn boot_test(ws: &Workspace, board: &Board, options: &BootOptions) -> Result
         guest_agent_socket: Some(dir.join("qga.sock")),
         rng: true,
     };
-    let machine =
-        Machine { board, disk: &disk, serial_log: dir.join("boot.log"), qmp_socket: dir.join("qmp.sock"), accel };
-    let step = progress::step(format!("booting {} ({accel})", board.name));
+    let machine = Machine {
+        board,
+        firmware: &firmware,
+        disk: &disk,
+        serial_log: dir.join(log_name),
+        qmp_socket: dir.join("qmp.sock"),
+        accel,
+    };
+    let secure = if firmware.secure_boot { ", Secure Boot" } else { "" };
+    let step = progress::step(format!("booting {} ({accel}{secure})", board.name));
     let started = Instant::now();
     let (mut qemu, qemu_stderr) = machine.start_with(&devices)?;
 
@@ -161,8 +207,23 @@ pub fn boot_test(ws: &Workspace, board: &Board, options: &BootOptions) -> Result
         log_path: &machine.serial_log,
         guest_agent: guest_agent.as_ref(),
         scratch: scratch.as_ref(),
+        secure_boot: firmware.secure_boot,
     };
     let proven = verdict::judge(&evidence, &manifest, board)?;
+
+    // 7. The refusals, now that the signed image has booted under the same firmware.
+    let refusals = if firmware.secure_boot && options.refusals {
+        refusal::prove_refusals(&refusal::Run {
+            board,
+            manifest: &manifest,
+            dir: &dir,
+            firmware: &firmware,
+            accel,
+            timeout,
+        })?
+    } else {
+        Vec::new()
+    };
     Ok(BootReport {
         board: board.name.clone(),
         accel,
@@ -175,6 +236,8 @@ pub fn boot_test(ws: &Workspace, board: &Board, options: &BootOptions) -> Result
         cmdline_required: proven.cmdline_required,
         service_restarts: proven.service_restarts,
         log: machine.serial_log.clone(),
+        secure_boot: firmware.secure_boot,
+        refusals,
     })
 }
 
@@ -204,8 +267,15 @@ fn ask_guest_agent(socket: &Path) -> Result<GuestAgentReport> {
 /// waited for exactly as boot-test waits for the status line.
 pub fn floor_boot(board: &Board, disk: &Path, dir: &Path) -> Result<f64> {
     let accel = qemu::choose_accel(board, Accel::Auto)?;
-    let machine =
-        Machine { board, disk, serial_log: dir.join("floor-boot.log"), qmp_socket: dir.join("floor-qmp.sock"), accel };
+    let firmware = Firmware::plain(board);
+    let machine = Machine {
+        board,
+        firmware: &firmware,
+        disk,
+        serial_log: dir.join("floor-boot.log"),
+        qmp_socket: dir.join("floor-qmp.sock"),
+        accel,
+    };
     let started = Instant::now();
     let (mut qemu, stderr) = machine.start()?;
     let limit = Duration::from_secs(board.file.qemu.boot_timeout_secs);

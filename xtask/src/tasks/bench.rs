@@ -1,6 +1,8 @@
 //! `cargo xtask bench`: one run, one table. Build times (cold cache, warm cache, second build with
-//! nothing changed), artifact sizes, boot time to ready, and the floor (same firmware, stub and kernel
-//! with a trivial initramfs) measured in the same run, with the ratios the targets are stated in.
+//! nothing changed, a build signed for Secure Boot), artifact sizes, boot time to ready under the
+//! plain firmware and under Secure Boot (with the time each refusal takes), and the floor (same
+//! firmware, stub and kernel with a trivial initramfs) measured in the same run, with the ratios the
+//! targets are stated in.
 //! Figures are reported, never asserted: these machines are too noisy for timed tests.
 
 use super::{print_json, Global};
@@ -8,8 +10,10 @@ use crate::boot::qemu::{self, Accel};
 use crate::boot::{boot_test, floor_boot, BootOptions};
 use crate::image::build::{self, build_floor_disk};
 use crate::image::manifest::Manifest;
+use crate::sign::secure_boot;
 use crate::spec::workspace::Workspace;
 use crate::spec::{select_board, Arch};
+use crate::uki::secure_boot::SecureBootKeys;
 use crate::util::host;
 use crate::util::progress;
 use anyhow::{Context, Result};
@@ -37,6 +41,10 @@ pub struct ArchFigures {
     pub rootfs_bytes: u64,
     pub ready_secs: f64,
     pub floor_secs: f64,
+    pub signed_build_secs: f64,
+    pub secure_boot_ready_secs: f64,
+    /// Seconds from QEMU start to the firmware's refusal, per refused image.
+    pub refusal_secs: Vec<(String, f64)>,
 }
 
 pub fn run(global: &Global, args: &BenchArgs) -> Result<()> {
@@ -67,7 +75,18 @@ fn bench_arch(ws: &Workspace, arch: Arch, scratch: &std::path::Path) -> Result<A
     let unchanged = build::build(&warm_ws, &board, None)?;
 
     progress::note(format!("bench {arch}: boot-test"));
-    let boot = boot_test(&warm_ws, &board, &BootOptions { accel: Accel::Auto, timeout: None })?;
+    let plain = BootOptions { accel: Accel::Auto, timeout: None, secure_boot: false, refusals: false };
+    let boot = boot_test(&warm_ws, &board, &plain)?;
+
+    progress::note(format!("bench {arch}: build signed for Secure Boot (cached packages), boot-test --secure-boot"));
+    let keys_dir = scratch.join(format!("secure-boot-keys-{arch}"));
+    host::ensure(&secure_boot::requirements())?;
+    secure_boot::generate(&keys_dir, "nodeimg bench", false)?;
+    let keys = SecureBootKeys::load_own(&keys_dir)?;
+    let signed_ws = with(&format!("cache-{arch}"), &format!("signed-{arch}"));
+    let signed = build::build(&signed_ws, &board, Some(&keys))?;
+    let secure = BootOptions { secure_boot: true, refusals: true, ..plain };
+    let secure_boot_boot = boot_test(&signed_ws, &board, &secure)?;
 
     progress::note(format!("bench {arch}: floor boot (trivial initramfs)"));
     let floor_dir = scratch.join(format!("floor-{arch}"));
@@ -91,6 +110,9 @@ fn bench_arch(ws: &Workspace, arch: Arch, scratch: &std::path::Path) -> Result<A
         rootfs_bytes: size(".rootfs.sqsh"),
         ready_secs: boot.ready_secs,
         floor_secs,
+        signed_build_secs: signed.seconds,
+        secure_boot_ready_secs: secure_boot_boot.ready_secs,
+        refusal_secs: secure_boot_boot.refusals.iter().map(|r| (r.image.clone(), r.refused_secs)).collect(),
     })
 }
 
@@ -102,12 +124,14 @@ fn print_table(rows: &[ArchFigures]) {
         ("  downloaded".into(), rows.iter().map(|r| mb(r.cold_downloaded_bytes)).collect()),
         ("warm build (target ≤ 15 s)".into(), rows.iter().map(|r| secs(r.warm_build_secs)).collect()),
         ("second build, nothing changed".into(), rows.iter().map(|r| secs(r.unchanged_build_secs)).collect()),
+        ("signed build (Secure Boot, warm)".into(), rows.iter().map(|r| secs(r.signed_build_secs)).collect()),
         ("  packages downloaded".into(), rows.iter().map(|r| r.unchanged_downloaded.to_string()).collect()),
         ("raw disk".into(), rows.iter().map(|r| mb(r.raw_bytes)).collect()),
         ("qcow2".into(), rows.iter().map(|r| mb(r.qcow2_bytes)).collect()),
         ("UKI".into(), rows.iter().map(|r| mb(r.uki_bytes)).collect()),
         ("root squashfs".into(), rows.iter().map(|r| mb(r.rootfs_bytes)).collect()),
         ("boot to ready".into(), rows.iter().map(|r| secs(r.ready_secs)).collect()),
+        ("boot to ready, Secure Boot".into(), rows.iter().map(|r| secs(r.secure_boot_ready_secs)).collect()),
         ("floor (trivial initramfs)".into(), rows.iter().map(|r| secs(r.floor_secs)).collect()),
         (
             "ready / floor (node target ≤ 2×)".into(),
@@ -115,6 +139,13 @@ fn print_table(rows: &[ArchFigures]) {
         ),
         ("warm build / 15 s target".into(), rows.iter().map(|r| format!("{:.2}×", r.warm_build_secs / 15.0)).collect()),
     ];
+    for (index, (image, _)) in rows.first().map_or(&[][..], |r| &r.refusal_secs[..]).iter().enumerate() {
+        let label = format!("  refused: {image}");
+        let cells = rows.iter().map(|r| r.refusal_secs.get(index).map_or("-".into(), |(_, s)| secs(*s))).collect();
+        let at =
+            lines.iter().position(|(l, _)| l == "boot to ready, Secure Boot").map_or(lines.len(), |i| i + 1 + index);
+        lines.insert(at, (label, cells));
+    }
     lines.insert(0, ("".into(), rows.iter().map(|r| r.board.clone()).collect()));
     for (label, cells) in lines {
         let cells: Vec<String> = cells.iter().map(|c| format!("{c:>14}")).collect();

@@ -22,12 +22,23 @@ pub struct BootTestArgs {
     /// Override the board's boot timeout, in seconds
     #[arg(long)]
     pub timeout: Option<u64>,
+    /// Boot under the board's Secure Boot firmware with the variable store of a signed build (see
+    /// `build-image --secure-boot-keys`): passes only if the node reports Secure Boot on and the kernel
+    /// locked down. Then prove the firmware refuses an unsigned UKI, one signed by another db key and
+    /// the signed one with a byte of .initrd changed
+    #[arg(long)]
+    pub secure_boot: bool,
 }
 
 pub fn run(global: &Global, args: &BootTestArgs) -> Result<()> {
     let ws = global.workspace();
     let board = select_board(&ws.boards_dir(), args.board.as_deref(), args.arch)?;
-    let options = BootOptions { accel: args.accel, timeout: args.timeout.map(Duration::from_secs) };
+    let options = BootOptions {
+        accel: args.accel,
+        timeout: args.timeout.map(Duration::from_secs),
+        secure_boot: args.secure_boot,
+        refusals: args.secure_boot,
+    };
     let report = boot_test(&ws, &board, &options)?;
     if global.json {
         print_json(&report)
@@ -40,9 +51,24 @@ pub fn run(global: &Global, args: &BootTestArgs) -> Result<()> {
 fn print_summary(r: &BootReport) {
     let s = &r.status;
     println!(
-        "boot-test {}: ready in {:.2} s ({}, kernel {}, root {} read-only), powered off {:.2} s after the power button",
-        r.board, r.ready_secs, r.accel, s.kernel, s.root_fstype, r.poweroff_secs
+        "boot-test {}: ready in {:.2} s ({}{}, kernel {}, root {} read-only), powered off {:.2} s after the power button",
+        r.board,
+        r.ready_secs,
+        r.accel,
+        if r.secure_boot { ", Secure Boot firmware with our keys" } else { "" },
+        s.kernel,
+        s.root_fstype,
+        r.poweroff_secs
     );
+    if let Some(sb) = &s.secure_boot {
+        let word = |b: Option<bool>| b.map_or("unknown", |b| if b { "on" } else { "off" });
+        println!(
+            "  Secure Boot {} (setup mode {}), kernel lockdown {}",
+            word(sb.enabled),
+            word(sb.setup_mode),
+            sb.lockdown.as_deref().unwrap_or("unknown")
+        );
+    }
     if let Some(milestones) = s.milestones_ms.as_object() {
         let mut steps: Vec<(&String, u64)> = milestones.iter().map(|(k, v)| (k, v.as_u64().unwrap_or(0))).collect();
         steps.sort_by_key(|(_, ms)| *ms);
@@ -84,4 +110,10 @@ fn print_summary(r: &BootReport) {
         None => println!("  scratch: {}", s.scratch),
     }
     println!("  kernel arguments present: {}", r.cmdline_required.join(" "));
+    for refusal in &r.refusals {
+        println!(
+            "  refused as proven: the {} ({:.1} s after QEMU started: {})",
+            refusal.image, refusal.refused_secs, refusal.line
+        );
+    }
 }

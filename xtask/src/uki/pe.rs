@@ -184,7 +184,6 @@ fn drop_trailing_data(out: &mut [u8], pe: &PeLayout, data_end: usize, stub: &[u8
 
 /// The image with its Authenticode signature (the certificate table at the end of the file) taken
 /// off: the security directory cleared, the file cut where the table began, the checksum redone.
-#[cfg_attr(not(test), allow(dead_code))] // boot-test's refusals will use it
 pub fn without_signature(pe: &[u8]) -> Result<Vec<u8>> {
     let layout = parse(pe).context("not a usable PE32+ image")?;
     let optional = layout.optional_offset;
@@ -213,7 +212,6 @@ fn data_directory(pe: &[u8], optional: usize, index: usize) -> Result<(u32, u32)
 }
 
 /// The section headers of a PE32+ image.
-#[cfg_attr(not(test), allow(dead_code))] // used by the tests' checks
 pub fn sections(pe: &[u8]) -> Result<Vec<SectionInfo>> {
     Ok(parse(pe)?.sections)
 }

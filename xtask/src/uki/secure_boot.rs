@@ -142,6 +142,16 @@ impl SecureBootKeys {
     /// The key set in `dir`; the db key from `$XTASK_SECURE_BOOT_DB_KEY` when it is set and non-empty,
     /// else from DIR/db.key (refused if group or others may read it).
     pub fn load(dir: &Path) -> Result<SecureBootKeys> {
+        Self::load_with(dir, std::env::var_os(DB_KEY_ENV).filter(|v| !v.is_empty()))
+    }
+
+    /// The key set in `dir` with its own DIR/db.key, whatever the environment says (a key set made
+    /// for one run, as bench makes).
+    pub fn load_own(dir: &Path) -> Result<SecureBootKeys> {
+        Self::load_with(dir, None)
+    }
+
+    fn load_with(dir: &Path, db_key_env: Option<std::ffi::OsString>) -> Result<SecureBootKeys> {
         ensure!(
             dir.is_dir(),
             "{}: no such directory: the Secure Boot key set is the directory `cargo xtask keygen --secure-boot \
@@ -162,14 +172,14 @@ impl SecureBootKeys {
         let guid = std::fs::read_to_string(&guid_path).with_context(|| format!("reading {}", guid_path.display()))?;
         let owner_guid = guid.trim().to_ascii_lowercase();
         ensure!(is_guid(&owner_guid), "{}: {:?} is not a GUID", guid_path.display(), guid.trim());
-        let db = match std::env::var_os(DB_KEY_ENV) {
-            Some(value) if !value.is_empty() => {
+        let db = match db_key_env {
+            Some(value) => {
                 let text = Zeroizing::new(
                     value.into_string().map_err(|_| anyhow::anyhow!("${DB_KEY_ENV} is not UTF-8 (not a PEM key)"))?,
                 );
                 DbKey::new(&db_cert, text, &format!("${DB_KEY_ENV}"))?
             }
-            _ => {
+            None => {
                 let path = dir.join(DB_KEY);
                 if !path.exists() {
                     bail!(
