@@ -1,6 +1,7 @@
 //! Bit-for-bit reproducibility: `build-image --check-reproducible` builds each arch twice, in two
 //! processes with empty caches, different paths, umask and time zone, and machined compiled from a copy
-//! at another path, and must find every artifact identical; `compare-builds` must name the artifact and
+//! at another path, both signed for Secure Boot with one key set (the db key from the environment, as
+//! CI gives it), and must find every artifact identical, the signed UKI and the variable store too; `compare-builds` must name the artifact and
 //! the byte offset where two output directories first differ.
 
 mod common;
@@ -12,17 +13,20 @@ use std::path::Path;
 fn check_reproducible(arch: &str) {
     host_tools();
     let _heavy = heavy();
-    let o = run(xtask().env_remove("XTASK_SIGNING_KEY").args([
-        "--json",
-        "build-image",
-        "--check-reproducible",
-        "--arch",
-        arch,
-    ]));
+    // The certificates in a directory of their own; the db key only in the environment.
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = secure_boot_keys(&tmp.path().join("keys"));
+    let db_key = std::fs::read_to_string(keys.join("db.key")).unwrap();
+    std::fs::remove_file(keys.join("db.key")).unwrap();
+    let o = run(xtask()
+        .env("XTASK_SECURE_BOOT_DB_KEY", &db_key)
+        .args(["--json", "build-image", "--check-reproducible", "--arch", arch, "--secure-boot-keys"])
+        .arg(&keys));
     let report: serde_json::Value = serde_json::from_str(&o.stdout)
         .unwrap_or_else(|e| panic!("no JSON report ({e}).\nstdout:\n{}\nstderr:\n{}", o.stdout, o.stderr));
     assert!(o.success && report["identical"] == true, "builds differ:\n{}\nstderr:\n{}", o.stdout, o.stderr);
     assert!(report["kept"].is_null(), "identical builds must not be kept: {}", report["kept"]);
+    assert_eq!(report["signed_for_secure_boot"], true);
 
     // Both builds really were independent: other directories, machined from another path, another umask.
     let builds = report["builds"].as_array().unwrap();
@@ -39,7 +43,7 @@ fn check_reproducible(arch: &str) {
     // Every kind of artifact was compared, each with a digest.
     let files: Vec<&str> =
         report["comparison"]["files"].as_array().unwrap().iter().map(|f| f["file"].as_str().unwrap()).collect();
-    for ext in ["raw", "qcow2", "efi", "initramfs", "rootfs.sqsh", "spdx.json"] {
+    for ext in ["raw", "qcow2", "efi", "initramfs", "rootfs.sqsh", "spdx.json", "secure-boot-vars.fd"] {
         let name = format!("node-{arch}.{ext}");
         assert!(files.contains(&name.as_str()), "{name} was not compared: {files:?}");
     }

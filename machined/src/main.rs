@@ -6,7 +6,8 @@
 //! kubepods/, the scratch disk encrypted under a RAM-only key and formatted on /var, device links,
 //! machined's API socket on /system, containerd and the extension services (read from Talos's spec
 //! files as they are), supervised. Once containerd answers and the services are up (or wait for
-//! nothing on its way) it reports one `MACHINED-STATUS {json}` line on the console. With `machined.smoke=1` on the kernel
+//! nothing on its way) it reports one `MACHINED-STATUS {json}` line on the console (with whether the
+//! firmware enforced Secure Boot and the kernel's lockdown mode). With `machined.smoke=1` on the kernel
 //! command line it shuts down right after; otherwise it waits for the ACPI power button or
 //! SIGTERM/SIGINT/SIGPWR/SIGUSR2, supervising meanwhile (node.rs), then stops the services, closes the
 //! scratch disk (the key dies with it) and powers off. Any failure prints `MACHINED-FATAL: ...` and
@@ -54,6 +55,7 @@ mod parse;
 mod protocol;
 mod root;
 mod scratch;
+mod secure_boot;
 mod service_root;
 mod service_spec;
 mod services;
@@ -208,6 +210,8 @@ fn boot(init_start: u64, sigmask: &sys::sigset_t) -> Fallible<Option<(Node, bool
 
     let modules = modules.finish()?;
     milestones.push(("modules_loaded", sys::boot_ms()));
+    // After every module: efivarfs is one.
+    let secure_boot = secure_boot::read();
 
     let mut node = Node::new(sigmask, supervisor, api, scratch, containerd_state)?;
     node.watch_network(network, Duration::from_secs(network_wait), loaded.config().is_some());
@@ -243,6 +247,7 @@ fn boot(init_start: u64, sigmask: &sys::sigset_t) -> Fallible<Option<(Node, bool
         world_writable_found: contents.world_writable,
         cgroup_controllers: hierarchy.controllers,
         virtio_ports: devices::link_virtio_ports(),
+        secure_boot,
         milestones_ms: milestones,
         sections: vec![
             ("config", loaded.json(&files)),

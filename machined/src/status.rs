@@ -1,6 +1,7 @@
 //! What machined reports once the node is up: the one status line's model and its JSON.
 
 use crate::facts::Facts;
+use crate::secure_boot::SecureBoot;
 use crate::{cgroups, containerd, json, scratch, services};
 
 /// An extension as reported.
@@ -50,6 +51,7 @@ pub struct Status {
     pub world_writable_found: Vec<String>,
     pub cgroup_controllers: Vec<String>,
     pub virtio_ports: Vec<String>,
+    pub secure_boot: SecureBoot,
     pub milestones_ms: Vec<(&'static str, u64)>,
     /// Sections rendered by the modules they report on (config, network, time, kubernetes, ...), in
     /// order, after the fields above; refreshed while the node runs.
@@ -100,6 +102,7 @@ pub fn status_json(s: Status) -> String {
         .str_array("world_writable_found", &s.world_writable_found)
         .object("cgroups", cgroups)
         .str_array("virtio_ports", &s.virtio_ports)
+        .object("secure_boot", secure_boot_json(&s.secure_boot))
         .object("milestones_ms", milestones)
         .objects_by_key(sections)
         .finish()
@@ -139,6 +142,35 @@ pub fn facts_json(facts: &Facts) -> json::Object {
         .object("network", network)
         .bool("configuration", facts.configuration)
         .bool("time", facts.time_synced)
+}
+
+/// `{"enabled":true,"setup_mode":false,"lockdown":"integrity","errors":[]}`: what could not be read is
+/// `null`, with the reason in `errors`.
+pub fn secure_boot_json(sb: &SecureBoot) -> json::Object {
+    let mut errors: Vec<String> = Vec::new();
+    let mut note = |e: &String| {
+        if !errors.contains(e) {
+            errors.push(e.clone());
+        }
+    };
+    let mut o = json::Object::new();
+    for (key, value) in [("enabled", &sb.enabled), ("setup_mode", &sb.setup_mode)] {
+        o = match value {
+            Ok(b) => o.bool(key, *b),
+            Err(e) => {
+                note(e);
+                o.opt_str(key, None)
+            }
+        };
+    }
+    o = match &sb.lockdown {
+        Ok(mode) => o.str("lockdown", mode),
+        Err(e) => {
+            note(e);
+            o.opt_str("lockdown", None)
+        }
+    };
+    o.str_array("errors", &errors)
 }
 
 pub fn scratch_json(outcome: &scratch::Outcome) -> json::Object {
@@ -200,6 +232,7 @@ mod tests {
             world_writable_found: vec![],
             cgroup_controllers: vec!["cpu".into(), "memory".into()],
             virtio_ports: vec!["org.qemu.guest_agent.0".into()],
+            secure_boot: SecureBoot { enabled: Ok(true), setup_mode: Ok(false), lockdown: Ok("integrity".into()) },
             milestones_ms: vec![("init_start", 1), ("modules_loaded", 2), ("root_mounted", 3), ("ready", 4)],
             sections: vec![("network", json::Object::new().bool("ready", true))],
         }
@@ -223,6 +256,7 @@ mod tests {
                 r#""setid_found":[],"world_writable_found":[],"#,
                 r#""cgroups":{"system":"/sys/fs/cgroup/system","kubepods":"/sys/fs/cgroup/kubepods","controllers":["cpu","memory"]},"#,
                 r#""virtio_ports":["org.qemu.guest_agent.0"],"#,
+                r#""secure_boot":{"enabled":true,"setup_mode":false,"lockdown":"integrity","errors":[]},"#,
                 r#""milestones_ms":{"init_start":1,"modules_loaded":2,"root_mounted":3,"ready":4},"#,
                 r#""network":{"ready":true}}"#
             )
@@ -240,6 +274,13 @@ mod tests {
             "{line}"
         );
         assert!(line.contains(r#""scratch":{"missing":false,"var":"tmpfs","error":"has a GPT"}"#), "{line}");
+        let mut s = sample();
+        let no_efivarfs = "mount efivarfs on /sys/firmware/efi/efivars: ENODEV".to_string();
+        s.secure_boot =
+            SecureBoot { enabled: Err(no_efivarfs.clone()), setup_mode: Err(no_efivarfs), lockdown: Ok("none".into()) };
+        assert!(status_json(s).contains(
+            r#""secure_boot":{"enabled":null,"setup_mode":null,"lockdown":"none","errors":["mount efivarfs on /sys/firmware/efi/efivars: ENODEV"]}"#
+        ));
         let mut s = sample();
         s.containerd = ContainerdStatus::Missing;
         assert!(status_json(s).contains(r#""containerd":{"socket":"/run/containerd/containerd.sock","missing":true}"#));

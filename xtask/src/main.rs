@@ -53,7 +53,7 @@ enum Task {
     BootTest(tasks::boot_test::BootTestArgs),
     /// Measure build times, sizes and boot time against the floor, printed as one table
     Bench(tasks::bench::BenchArgs),
-    /// Make a signing key pair (minisign format): DIR/nodeimg.pub and DIR/nodeimg.key (mode 0600)
+    /// Make a signing key pair (minisign format): DIR/nodeimg.pub and DIR/nodeimg.key (mode 0600); --secure-boot: a Secure Boot key set
     Keygen(tasks::keygen::KeygenArgs),
     /// Sign an output directory: a .minisig per artifact and for manifest.json, SHA256SUMS(.minisig)
     Sign(tasks::sign::SignArgs),

@@ -34,12 +34,42 @@ pub fn wait_for_line(
     timeout: Duration,
     prefix: &str,
 ) -> Result<(String, Duration)> {
+    let seen = wait_for_first(qemu, serial_log, qemu_stderr, started, timeout, &[prefix])?;
+    Ok((seen.rest, seen.elapsed))
+}
+
+/// The first console line that held one of the needles [`wait_for_first`] waited for.
+#[derive(Debug)]
+pub struct Seen {
+    /// Which needle (its index).
+    pub needle: usize,
+    pub line: String,
+    /// What follows the needle on the line.
+    pub rest: String,
+    pub elapsed: Duration,
+}
+
+/// Like [`wait_for_line`] for several needles: the first whole line (in console order) holding any.
+pub fn wait_for_first(
+    qemu: &mut Running,
+    serial_log: &Path,
+    qemu_stderr: &Path,
+    started: Instant,
+    timeout: Duration,
+    needles: &[&str],
+) -> Result<Seen> {
+    let wanted = needles.iter().map(|n| n.trim()).collect::<Vec<_>>().join(" or ");
     loop {
         let log = std::fs::read_to_string(serial_log).unwrap_or_default();
         // Only whole lines: the line may be half-written when the file is read.
         let complete = &log[..log.rfind('\n').map_or(0, |i| i + 1)];
-        if let Some(rest) = complete.lines().find_map(|l| l.split_once(prefix).map(|(_, rest)| rest)) {
-            return Ok((rest.to_string(), started.elapsed()));
+        for line in complete.lines() {
+            for (needle, text) in needles.iter().enumerate() {
+                if let Some((_, rest)) = line.split_once(text) {
+                    let (line, rest) = (line.to_string(), rest.to_string());
+                    return Ok(Seen { needle, line, rest, elapsed: started.elapsed() });
+                }
+            }
         }
         // Whole lines here too: a failure line read half-written would be reported without its reason
         // (seen: "MACHINED-FATAL:" alone, the cause still on its way).
@@ -47,8 +77,7 @@ pub fn wait_for_line(
         if let Some(exit) = qemu.try_wait()? {
             let stderr = std::fs::read_to_string(qemu_stderr).unwrap_or_default();
             bail!(
-                "QEMU exited ({exit}) before the console showed {}\n`{}`\nQEMU stderr:\n{}console tail:\n{}",
-                prefix.trim(),
+                "QEMU exited ({exit}) before the console showed {wanted}\n`{}`\nQEMU stderr:\n{}console tail:\n{}",
                 qemu.command_line(),
                 cmd::tail(&stderr, 10),
                 cmd::tail(&log, 30)
@@ -57,8 +86,7 @@ pub fn wait_for_line(
         if started.elapsed() > timeout {
             qemu.kill();
             bail!(
-                "no {} line within {} s (console in {}); console tail:\n{}",
-                prefix.trim(),
+                "no {wanted} line within {} s (console in {}); console tail:\n{}",
                 timeout.as_secs(),
                 serial_log.display(),
                 cmd::tail(&log, 30)

@@ -16,11 +16,24 @@
 //! 6. The verdict (verdict.rs) judges all of it at once: status, API, LAN, console, agent, scratch.
 //!
 //! Consoles are kept in out/<board>/boot-<role>.log; timings go in the report.
+//!
+//! With `--secure-boot` the machine runs the board's Secure Boot firmware with the variable store the
+//! signed build enrolled its keys into, and the verdict also wants Secure Boot on and the kernel
+//! locked down. That boot is the positive control for what follows it:
+//!
+//! 7. The refusals (refusal.rs): an unsigned UKI, one signed by another db key and the signed one with
+//!    a byte of its .initrd flipped, each on a disk of its own under the same firmware and store, each
+//!    proven refused by the firmware (verdict.rs, `judge_refusal`).
+//!
+//! Under Secure Boot only the first role (the worker) boots, as that positive control: the roles
+//! themselves are the plain boot's to prove. Its console is boot-secure-boot-worker.log, the
+//! refusals' refusal-*.log.
 
 pub mod console;
 pub mod lan;
 pub mod qemu;
 pub mod qmp;
+pub mod refusal;
 pub mod roles;
 pub mod scan;
 pub mod verdict;
@@ -36,7 +49,7 @@ use crate::util::progress;
 use anyhow::{bail, Context, Result};
 use base64::Engine;
 use lan::{Lan, LanLog};
-use qemu::{Accel, Machine, NodeDevices};
+use qemu::{Accel, Firmware, Machine, NodeDevices};
 use qmp::{GuestAgent, Qmp};
 use roles::{ConfigDelivery, Scenario};
 use serde::Serialize;
@@ -44,7 +57,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use verdict::{Evidence, GuestAgentReport, ScratchReport, ShutdownRequest, Status};
+use verdict::{Evidence, GuestAgentReport, RefusalProven, ScratchReport, ShutdownRequest, Status};
 
 /// How to boot.
 #[derive(Clone, Copy, Debug)]
@@ -54,6 +67,19 @@ pub struct BootOptions {
     pub timeout: Option<Duration>,
     /// Only the first role (the worker): what bench times.
     pub first_role_only: bool,
+    /// Boot under the board's Secure Boot firmware with the build's enrolled variable store.
+    pub secure_boot: bool,
+    /// With `secure_boot`: after the boot, prove the firmware refuses each changed image.
+    pub refusals: bool,
+}
+
+/// What booting `board` needs on the host; with Secure Boot, also what the refusals sign with.
+pub fn requirements(board: &Board, secure_boot: bool) -> Vec<host::Requirement> {
+    let mut reqs = qemu::requirements(board);
+    if secure_boot {
+        reqs.extend(refusal::requirements());
+    }
+    reqs
 }
 
 #[derive(Debug, Serialize)]
@@ -69,6 +95,10 @@ pub struct BootReport {
     pub status: Status,
     /// Every role's boot, in order.
     pub nodes: Vec<NodeReport>,
+    /// Booted under the Secure Boot firmware with our keys enrolled.
+    pub secure_boot: bool,
+    /// The images the firmware was proven to refuse (with `--secure-boot`).
+    pub refusals: Vec<RefusalProven>,
 }
 
 #[derive(Debug, Serialize)]
@@ -120,17 +150,44 @@ pub fn boot_test(ws: &Workspace, board: &Board, options: &BootOptions) -> Result
         .or_else(|| manifest.artifact(".raw"))
         .map(|a| dir.join(&a.file))
         .context("manifest.json lists no disk image")?;
-    host::ensure(&qemu::requirements(board))?;
+    host::ensure(&requirements(board, options.secure_boot))?;
     let accel = qemu::choose_accel(board, options.accel)?;
+    let firmware = if options.secure_boot {
+        let vars = manifest.secure_boot.as_ref().and_then(|s| s.vars.as_ref()).with_context(|| {
+            format!(
+                "boot-test --secure-boot needs a build signed for Secure Boot with its variable store: run `cargo \
+                 xtask build-image --board {} --secure-boot-keys DIR`",
+                board.name
+            )
+        })?;
+        Firmware::secure_boot(board, &dir.join(vars))?
+    } else {
+        Firmware::plain(board)
+    };
     let disk_sha256 = sha256_file(&disk)?;
     let mut scenarios = roles::scenarios();
-    if options.first_role_only {
+    if options.first_role_only || firmware.secure_boot {
         scenarios.truncate(1);
     }
     let mut nodes = Vec::new();
     for scenario in &scenarios {
-        nodes.push(boot_node(board, &manifest, &disk, &dir, accel, options, scenario)?);
+        nodes.push(boot_node(board, &manifest, &disk, &dir, accel, &firmware, options, scenario)?);
     }
+
+    // 7. The refusals, now that the signed image has booted under the same firmware.
+    let refusals = if firmware.secure_boot && options.refusals {
+        let timeout = options.timeout.unwrap_or(Duration::from_secs(board.file.qemu.boot_timeout_secs));
+        refusal::prove_refusals(&refusal::Run {
+            board,
+            manifest: &manifest,
+            dir: &dir,
+            firmware: &firmware,
+            accel,
+            timeout,
+        })?
+    } else {
+        Vec::new()
+    };
     let disk_sha256_after = sha256_file(&disk)?;
     if disk_sha256_after != disk_sha256 {
         bail!("{}: the disk changed while booting ({disk_sha256} before, {disk_sha256_after} after)", disk.display());
@@ -145,6 +202,8 @@ pub fn boot_test(ws: &Workspace, board: &Board, options: &BootOptions) -> Result
         poweroff_secs: first.poweroff_secs,
         status: first.status.clone(),
         nodes,
+        secure_boot: firmware.secure_boot,
+        refusals,
     })
 }
 
@@ -174,12 +233,14 @@ fn free_port() -> Result<u16> {
 }
 
 /// One boot as `scenario`'s node: steps 1 to 6 of the module doc.
+#[allow(clippy::too_many_arguments)] // the boot's fixed parts, then what varies
 fn boot_node(
     board: &Board,
     manifest: &Manifest,
     disk: &Path,
     dir: &Path,
     accel: &'static str,
+    firmware: &Firmware,
     options: &BootOptions,
     scenario: &Scenario,
 ) -> Result<NodeReport> {
@@ -206,12 +267,18 @@ fn boot_node(
     };
     let machine = Machine {
         board,
+        firmware,
         disk,
-        serial_log: dir.join(format!("boot-{}.log", scenario.name)),
+        serial_log: dir.join(format!(
+            "boot-{}{}.log",
+            if firmware.secure_boot { "secure-boot-" } else { "" },
+            scenario.name
+        )),
         qmp_socket: dir.join("qmp.sock"),
         accel,
     };
-    let step = progress::step(format!("booting {} as {} ({accel})", board.name, scenario.name));
+    let secure = if firmware.secure_boot { ", Secure Boot" } else { "" };
+    let step = progress::step(format!("booting {} as {} ({accel}{secure})", board.name, scenario.name));
     let started = Instant::now();
     let (mut qemu, qemu_stderr) = machine.start_with(&devices)?;
 
@@ -325,6 +392,7 @@ fn boot_node(
         expect: &scenario.expect,
         role: scenario.name,
         shutdown,
+        secure_boot: firmware.secure_boot,
     };
     let proven = verdict::judge(&evidence, manifest, board)?;
     Ok(NodeReport {
@@ -383,8 +451,15 @@ fn ask_guest_agent(socket: &Path) -> Result<GuestAgentReport> {
 /// waited for exactly as boot-test waits for the status line.
 pub fn floor_boot(board: &Board, disk: &Path, dir: &Path) -> Result<f64> {
     let accel = qemu::choose_accel(board, Accel::Auto)?;
-    let machine =
-        Machine { board, disk, serial_log: dir.join("floor-boot.log"), qmp_socket: dir.join("floor-qmp.sock"), accel };
+    let firmware = Firmware::plain(board);
+    let machine = Machine {
+        board,
+        firmware: &firmware,
+        disk,
+        serial_log: dir.join("floor-boot.log"),
+        qmp_socket: dir.join("floor-qmp.sock"),
+        accel,
+    };
     // The same NICs as a node has, so the firmware and kernel do the same work.
     let lan = Lan::start(lan::Offer { hostname: None })?;
     let devices =

@@ -1,5 +1,6 @@
-//! Starting a board's QEMU under UEFI firmware, and deciding TCG versus KVM. Used by boot-test and by
-//! bench (which boots a trivial initramfs for the floor).
+//! Starting a board's QEMU under UEFI firmware (its ordinary build, or its Secure Boot build with a
+//! variable store holding our keys), and deciding TCG versus KVM. Used by boot-test and by bench
+//! (which boots a trivial initramfs for the floor).
 
 use crate::spec::protocol::API_PORT;
 use crate::spec::{Arch, Board};
@@ -12,11 +13,67 @@ use std::time::{Duration, Instant};
 /// What booting `board` in QEMU needs on the host.
 pub fn requirements(board: &Board) -> Vec<Requirement> {
     let f = &board.file;
-    vec![
+    let mut reqs = vec![
         req(f.qemu.binary.clone(), f.qemu.package.clone(), "boot-test"),
         req(f.firmware.code.display().to_string(), f.firmware.package.clone(), "boot-test (UEFI firmware)"),
         req(f.firmware.vars.display().to_string(), f.firmware.package.clone(), "boot-test (UEFI variables)"),
-    ]
+    ];
+    if let Some(secure_boot) = &f.secure_boot {
+        let code = secure_boot.code.display().to_string();
+        reqs.push(req(code, f.firmware.package.clone(), "boot-test --secure-boot (Secure Boot firmware)"));
+    }
+    reqs
+}
+
+/// The UEFI firmware a machine starts: code and variable store as pflash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Firmware {
+    pub code: PathBuf,
+    /// Opened as a throwaway snapshot, so one store (or the package's template) serves every boot.
+    pub vars: PathBuf,
+    /// The code keeps the variables in SMM: QEMU needs `smm=on` and a secure pflash.
+    pub smm: bool,
+    /// Whether this is the board's Secure Boot firmware with our keys enrolled.
+    pub secure_boot: bool,
+}
+
+impl Firmware {
+    /// The board's ordinary firmware with the package's empty variable store: no keys, Secure Boot off.
+    pub fn plain(board: &Board) -> Firmware {
+        let f = &board.file.firmware;
+        Firmware { code: f.code.clone(), vars: f.vars.clone(), smm: false, secure_boot: false }
+    }
+
+    /// The board's Secure Boot firmware with `vars`, the store a signed build enrolled its keys into.
+    pub fn secure_boot(board: &Board, vars: &Path) -> Result<Firmware> {
+        let Some(secure_boot) = &board.file.secure_boot else {
+            bail!("{}: the board has no [secure-boot] table naming its Secure Boot firmware", board.path.display());
+        };
+        Ok(Firmware {
+            code: secure_boot.code.clone(),
+            vars: vars.to_path_buf(),
+            smm: secure_boot.smm,
+            secure_boot: true,
+        })
+    }
+
+    /// `-machine` suffix and the arguments that attach the firmware: code read-only, the variable
+    /// store as a snapshot; with SMM, the flash only SMM code may write (OVMF's Secure Boot build hangs
+    /// silently without it).
+    fn args(&self) -> (&'static str, Vec<String>) {
+        let mut args = vec![
+            "-drive".to_string(),
+            format!("if=pflash,format=raw,unit=0,readonly=on,file={}", self.code.display()),
+            "-drive".to_string(),
+            format!("if=pflash,format=raw,unit=1,snapshot=on,file={}", self.vars.display()),
+        ];
+        if self.smm {
+            args.extend(["-global".to_string(), "driver=cfi.pflash01,property=secure,value=on".to_string()]);
+            (",smm=on", args)
+        } else {
+            ("", args)
+        }
+    }
 }
 
 /// Accelerator choice from the command line.
@@ -31,6 +88,7 @@ pub enum Accel {
 /// One QEMU machine to start.
 pub struct Machine<'a> {
     pub board: &'a Board,
+    pub firmware: &'a Firmware,
     /// The boot disk (raw or qcow2), opened as a snapshot so the artifact is never modified.
     pub disk: &'a Path,
     /// Serial console capture.
@@ -79,7 +137,9 @@ pub const GUEST_AGENT_PORT: &str = "org.qemu.guest_agent.0";
 impl Machine<'_> {
     pub fn command_with(&self, devices: &NodeDevices) -> Cmd {
         let b = &self.board.file;
-        let mut c = cmd(&b.qemu.binary).arg("-machine").arg(format!("{},accel={}", b.qemu.machine, self.accel)).args([
+        let (machine_options, firmware_args) = self.firmware.args();
+        let machine = format!("{},accel={}{machine_options}", b.qemu.machine, self.accel);
+        let mut c = cmd(&b.qemu.binary).arg("-machine").arg(machine).args([
             "-m",
             &b.qemu.memory_mib.to_string(),
             "-smp",
@@ -94,7 +154,7 @@ impl Machine<'_> {
             .arg(format!("file:{}", self.serial_log.display()))
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", self.qmp_socket.display()))
-            .args(firmware_args(self.board))
+            .args(firmware_args)
             .arg("-drive")
             .arg(format!("if=none,id=boot,format={},snapshot=on,file={}", disk_format(self.disk), self.disk.display()))
             .args(["-device", "virtio-blk-pci,drive=boot,bootindex=0"]);
@@ -154,18 +214,6 @@ impl Machine<'_> {
     }
 }
 
-/// The board's UEFI firmware as pflash: code read-only, the variable store as a throwaway snapshot
-/// (so no per-run copy of the template is needed).
-fn firmware_args(board: &Board) -> [String; 4] {
-    let firmware = &board.file.firmware;
-    [
-        "-drive".to_string(),
-        format!("if=pflash,format=raw,unit=0,readonly=on,file={}", firmware.code.display()),
-        "-drive".to_string(),
-        format!("if=pflash,format=raw,unit=1,snapshot=on,file={}", firmware.vars.display()),
-    ]
-}
-
 /// Picks the accelerator. KVM must prove itself: on some hosts /dev/kvm exists but OVMF dies with
 /// "KVM internal error" under it, so its mere presence decides nothing.
 pub fn choose_accel(board: &Board, wanted: Accel) -> Result<&'static str> {
@@ -196,7 +244,7 @@ fn kvm_probe(board: &Board) -> Result<bool> {
         .args(["-m", "256", "-nodefaults", "-display", "none", "-no-reboot"])
         .arg("-serial")
         .arg(format!("file:{}", serial.display()))
-        .args(firmware_args(board))
+        .args(Firmware::plain(board).args().1)
         .spawn(output.try_clone()?, output)?;
     let start = Instant::now();
     let works = loop {

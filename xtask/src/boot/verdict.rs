@@ -1,6 +1,7 @@
 //! The boot-test verdict: one function that takes everything a boot left behind (machined's status
-//! line, the whole console, the guest agent's answers, the scratch disk image after power-off) and
-//! either says what was proven or fails listing every way the boot disproves the image.
+//! line, the whole console, the guest agent's answers, the scratch disk image after power-off, and
+//! under which firmware it ran) and either says what was proven or fails listing every way the boot
+//! disproves the image; and its counterpart for an image the firmware must refuse ([`judge_refusal`]).
 
 use super::console::{check_crash_loops, scan_for_failures};
 use super::lan::{self, LanLog};
@@ -14,6 +15,16 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+/// The kernel's own word that the firmware booted it with Secure Boot on.
+pub const KERNEL_SECURE_BOOT: &str = "secureboot: Secure boot enabled";
+/// edk2's boot manager on an image it could not start: `BdsDxe: failed to load Boot0001 "UEFI Misc
+/// Device" from PciRoot(0x0)/Pci(0x1,0x0): Access Denied` for one the Secure Boot check refused.
+/// Then it waits at its menu forever: the console shows nothing more and QEMU never exits.
+pub const FIRMWARE_LOAD_FAILED: &str = "BdsDxe: failed to load Boot";
+pub const ACCESS_DENIED: &str = ": Access Denied";
+/// Console lines that only a started image prints: the kernel's EFI stub, the kernel, machined.
+pub const IMAGE_STARTED: [&str; 3] = ["EFI stub: ", "Linux version ", crate::spec::protocol::STATUS];
 
 /// Arguments every node must boot with, whatever the board and spec say: no slab merging, memory
 /// zeroed when freed, only signed modules (and page-table isolation on amd64, see `required_args`).
@@ -61,6 +72,9 @@ pub struct Status {
     /// What the services' dependencies were judged against (`cri`, `network.*`, `configuration`, `time`).
     #[serde(default)]
     pub facts: serde_json::Value,
+    /// The firmware's SecureBoot and SetupMode variables and the kernel's lockdown mode (absent: not read).
+    #[serde(default)]
+    pub secure_boot: Option<SecureBootStatus>,
     #[serde(default)]
     pub milestones_ms: serde_json::Value,
     /// The machine config: source, valid, role, error {field, why}.
@@ -76,6 +90,20 @@ pub struct Status {
     pub modules_on_demand: serde_json::Value,
     #[serde(flatten)]
     pub rest: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Debug, serde::Deserialize, Serialize, Clone, Default, PartialEq, Eq)]
+pub struct SecureBootStatus {
+    /// The SecureBoot variable: the firmware checked what it started.
+    pub enabled: Option<bool>,
+    /// The SetupMode variable: no platform key enrolled.
+    #[serde(default)]
+    pub setup_mode: Option<bool>,
+    /// The kernel's lockdown mode: none, integrity or confidentiality.
+    pub lockdown: Option<String>,
+    /// What machined could not read.
+    #[serde(default)]
+    pub errors: Vec<String>,
 }
 
 #[derive(Debug, serde::Deserialize, Serialize, Clone, PartialEq, Eq)]
@@ -198,6 +226,9 @@ pub struct Evidence<'a> {
     pub expect: &'a Expectation,
     pub role: &'a str,
     pub shutdown: ShutdownRequest,
+    /// Booted under the board's Secure Boot firmware with our keys enrolled: the node must say the
+    /// firmware enforced Secure Boot and the kernel is locked down.
+    pub secure_boot: bool,
 }
 
 /// What a passing boot proved, beyond the status itself.
@@ -214,6 +245,7 @@ pub fn judge(evidence: &Evidence, manifest: &Manifest, board: &Board) -> Result<
     let mut problems = Vec::new();
     let cmdline_required = status_problems(evidence.status, manifest, board, &mut problems);
     node_problems(evidence, &mut problems);
+    secure_boot_problems(evidence, &mut problems);
 
     match evidence.guest_agent {
         Some(Err(e)) => problems.push(format!("the guest agent did not answer from the host: {e}")),
@@ -470,6 +502,81 @@ fn node_problems(evidence: &Evidence, problems: &mut Vec<String>) {
     }
 }
 
+/// What the status line and the console disprove about Secure Boot: under the Secure Boot firmware,
+/// the firmware enforcing it, the kernel saying so and locking itself down; under any firmware,
+/// machined reading all of it.
+fn secure_boot_problems(evidence: &Evidence, problems: &mut Vec<String>) {
+    let Some(sb) = &evidence.status.secure_boot else {
+        problems.push("machined did not report Secure Boot and the lockdown mode (secure_boot)".to_string());
+        return;
+    };
+    if !sb.errors.is_empty() {
+        problems.push(format!("machined could not read the Secure Boot state: {}", sb.errors.join("; ")));
+    }
+    if !evidence.secure_boot {
+        return;
+    }
+    if sb.enabled != Some(true) {
+        problems.push(format!(
+            "booted under Secure Boot firmware, but its SecureBoot variable is {:?}, not on (SetupMode {:?})",
+            sb.enabled, sb.setup_mode
+        ));
+    }
+    if !matches!(sb.lockdown.as_deref(), Some("integrity" | "confidentiality")) {
+        problems.push(format!("the kernel is not locked down (lockdown {:?}, expected integrity)", sb.lockdown));
+    }
+    if !evidence.log.lines().any(|l| l.contains(KERNEL_SECURE_BOOT)) {
+        problems.push(format!("the kernel did not log {KERNEL_SECURE_BOOT:?}"));
+    }
+}
+
+/// What a refusal run proved: the firmware would not start the image.
+#[derive(Debug, Serialize)]
+pub struct RefusalProven {
+    /// The image refused, e.g. "unsigned UKI".
+    pub image: String,
+    /// The firmware's line.
+    pub line: String,
+    /// Seconds from QEMU start to the refusal.
+    pub refused_secs: f64,
+    pub log: PathBuf,
+}
+
+/// The verdict on an image the Secure Boot firmware must refuse, from the first telling console line
+/// (`needle` indexes [`refusal_needles`]): refused as proven, or an error saying the image booted.
+pub fn judge_refusal(image: &str, seen: &super::console::Seen, log: &Path, board: &Board) -> Result<RefusalProven> {
+    if seen.needle > 0 {
+        bail!(
+            "{}: the firmware booted the {image}, which it must refuse: the console shows {:?} after {:.1} s \
+             (console in {})",
+            board.name,
+            seen.line.trim(),
+            seen.elapsed.as_secs_f64(),
+            log.display()
+        );
+    }
+    if !seen.line.trim_end().ends_with(ACCESS_DENIED) {
+        bail!(
+            "{}: the firmware did not load the {image}, but not because the Secure Boot check refused it: {:?} \
+             (console in {})",
+            board.name,
+            seen.line.trim(),
+            log.display()
+        );
+    }
+    Ok(RefusalProven {
+        image: image.to_string(),
+        line: seen.line.trim().to_string(),
+        refused_secs: seen.elapsed.as_secs_f64(),
+        log: log.to_path_buf(),
+    })
+}
+
+/// What a refusal run waits for: the firmware's failed load first, then each sign of a started image.
+pub fn refusal_needles() -> Vec<&'static str> {
+    std::iter::once(FIRMWARE_LOAD_FAILED).chain(IMAGE_STARTED).collect()
+}
+
 /// Arguments the running kernel must have: every one the image was built with (board, then spec) and
 /// the hardening defaults.
 fn required_args(manifest: &Manifest, arch: Arch) -> Vec<String> {
@@ -695,6 +802,7 @@ mod tests {
                 "writable_paths": [{"path": "/etc/cni", "writable": true, "upper_on_scratch": true, "error": null}],
                 "usr_read_only": true,
             },
+            "secure_boot": {"enabled": false, "setup_mode": true, "lockdown": "none", "errors": []},
         }))
         .unwrap()
     }
@@ -759,6 +867,7 @@ mod tests {
             expect,
             role: "worker",
             shutdown,
+            secure_boot: false,
         };
         judge(&evidence, &manifest(), &board())
     }
@@ -773,6 +882,78 @@ mod tests {
             verdict(&status(), LOG, agent(false), ScratchReport::new(MARKER, &findings(5000, None, None))).unwrap();
         assert!(proven.cmdline_required.contains(&"init_on_free=1".to_string()));
         assert!(proven.cmdline_required.contains(&"panic=-1".to_string()));
+    }
+
+    #[test]
+    fn under_secure_boot_firmware_the_node_must_be_locked_down() {
+        let scratch = ScratchReport::new(MARKER, &findings(5000, None, None));
+        let agent = agent(false);
+        let (lan, expect) = (lan_log(), worker());
+        let judge_sb = |status: &Status, log: &str| {
+            let api = Ok(status.clone());
+            let evidence = Evidence {
+                status,
+                log,
+                log_path: Path::new("boot.log"),
+                guest_agent: agent.as_ref(),
+                scratch: Some(&scratch),
+                api: &api,
+                lan: &lan,
+                expect: &expect,
+                role: "worker",
+                shutdown: ShutdownRequest::PowerButton,
+                secure_boot: true,
+            };
+            judge(&evidence, &manifest(), &board()).map(drop).map_err(|e| format!("{e:#}"))
+        };
+        let mut locked = status();
+        locked.secure_boot = Some(SecureBootStatus {
+            enabled: Some(true),
+            setup_mode: Some(false),
+            lockdown: Some("integrity".into()),
+            errors: vec![],
+        });
+        let log = format!("[    0.000000] {KERNEL_SECURE_BOOT}\n{LOG}");
+        judge_sb(&locked, &log).unwrap();
+
+        let err = judge_sb(&status(), LOG).unwrap_err();
+        for wanted in ["SecureBoot variable is Some(false)", "not locked down", KERNEL_SECURE_BOOT] {
+            assert!(err.contains(wanted), "{wanted:?} missing from:\n{err}");
+        }
+        let mut unread = locked.clone();
+        unread.secure_boot =
+            Some(SecureBootStatus { errors: vec!["mount efivarfs: ENODEV".into()], ..Default::default() });
+        let err = judge_sb(&unread, &log).unwrap_err();
+        assert!(err.contains("could not read the Secure Boot state: mount efivarfs: ENODEV"), "{err}");
+        let mut old = locked;
+        old.secure_boot = None;
+        assert!(judge_sb(&old, &log).unwrap_err().contains("did not report Secure Boot"));
+    }
+
+    #[test]
+    fn a_refusal_is_proven_only_by_access_denied_and_a_started_image_is_named() {
+        let seen = |needle: usize, line: &str| super::super::console::Seen {
+            needle,
+            line: line.into(),
+            rest: String::new(),
+            elapsed: std::time::Duration::from_secs(9),
+        };
+        let log = Path::new("refusal.log");
+        let denied =
+            "BdsDxe: failed to load Boot0001 \"UEFI Misc Device\" from PciRoot(0x0)/Pci(0x1,0x0): Access Denied\r";
+        let needles = refusal_needles();
+        assert!(seen(0, denied).line.contains(needles[0]));
+        let proven = judge_refusal("unsigned UKI", &seen(0, denied), log, &board()).unwrap();
+        assert_eq!(proven.refused_secs, 9.0);
+        let err = format!(
+            "{:#}",
+            judge_refusal("unsigned UKI", &seen(1, "EFI stub: Booting Linux Kernel..."), log, &board()).unwrap_err()
+        );
+        assert!(err.contains("booted the unsigned UKI") && err.contains("EFI stub"), "{err}");
+        let not_found =
+            "BdsDxe: failed to load Boot0001 \"UEFI Misc Device\" from PciRoot(0x0)/Pci(0x1,0x0): Not Found";
+        let err = format!("{:#}", judge_refusal("tampered UKI", &seen(0, not_found), log, &board()).unwrap_err());
+        assert!(err.contains("not because the Secure Boot check refused it"), "{err}");
     }
 
     #[test]

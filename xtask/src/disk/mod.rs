@@ -5,8 +5,9 @@
 
 pub mod esp;
 pub mod gpt;
+pub mod vars;
 
-use crate::spec::{Board, ImageSpec};
+use crate::spec::Board;
 use crate::util::cmd::cmd;
 use crate::util::host::{req, Requirement};
 use anyhow::{Context, Result};
@@ -23,10 +24,17 @@ pub fn requirements() -> Vec<Requirement> {
     vec![req("qemu-img", "qemu-utils", "writing qcow2 disks")]
 }
 
+/// What a disk is of: its GUIDs and volume id are derived from the image's name and version.
+#[derive(Clone, Copy, Debug)]
+pub struct DiskName<'a> {
+    pub image: &'a str,
+    pub version: &'a str,
+}
+
 /// Writes the raw disk `raw` holding `uki`; the ESP is made in `work` first.
-pub fn write_raw(spec: &ImageSpec, board: &Board, epoch: i64, uki: &[u8], raw: &Path, work: &Path) -> Result<()> {
+pub fn write_raw(name: DiskName, board: &Board, epoch: i64, uki: &[u8], raw: &Path, work: &Path) -> Result<()> {
     let arch = board.arch();
-    let seed = format!("{}/{}/{}/{}", spec.name, spec.version, arch, board.name);
+    let seed = format!("{}/{}/{}/{}", name.image, name.version, arch, board.name);
     let esp_guid = Guid::derived(format!("{seed}/esp").as_bytes());
     let disk_guid = Guid::derived(format!("{seed}/disk").as_bytes());
     let disk_size = board.file.disk.size_mib * 1024 * 1024;

@@ -12,20 +12,24 @@
 //!    shutdown), and the on-demand module tree with depmod's indexes.
 //! 7. Squashfs: the root and each extension layer.
 //! 8. Initramfs: machined, the root squashfs, the boot modules, then the extension layers.
-//! 9. UKI: stub + os-release, command line, kernel release, initramfs, kernel.
-//! 10. Disk: the ESP holding the UKI in a GPT disk, and its qcow2.
+//! 9. UKI: stub + os-release, command line, kernel release, initramfs, kernel; signed with the Secure
+//!    Boot db key when a key set is configured (before the disk is made, and before any minisign
+//!    signature, so those cover the signed UKI).
+//! 10. Disk: the ESP holding the UKI in a GPT disk, and its qcow2; for a signed build, the board's
+//!     firmware variable store with the key set enrolled.
 //! 11. SBOM.
 //! 12. manifest.json, and the whole staging directory published into out/<board>/.
 //!
 //! Steps 7 to 12 write into a staging directory inside out/<board>/; see publish.rs.
 
 use super::inputs::BuildInputs;
-use super::manifest::{Artifact, KernelRequirements, Manifest};
+use super::manifest::{Artifact, KernelRequirements, Manifest, SecureBootRecord};
 use super::publish::{self, Staging};
 use super::root_parts;
 use super::sbom;
 use crate::archive::fetch::fetch;
 use crate::archive::lockfile::LockedPackage;
+use crate::disk::DiskName;
 use crate::initramfs::archive::{self as initramfs, Contents};
 use crate::initramfs::{kernel_requirements, machined};
 use crate::layers::extension;
@@ -36,9 +40,10 @@ use crate::spec::names::{artifact, PackageSet};
 use crate::spec::protocol::FLOOR_FLAG;
 use crate::spec::workspace::Workspace;
 use crate::spec::{kernel_cmdline, Arch, Board, DiskFormat};
+use crate::uki::secure_boot::SecureBootKeys;
 use crate::util::digest::sha256_file;
 use crate::util::epoch::source_date_epoch;
-use crate::util::fs::ensure_dir;
+use crate::util::fs::{ensure_dir, set_readable};
 use crate::util::host::{self, Requirement};
 use crate::util::progress;
 use crate::{archive, disk, uki};
@@ -57,6 +62,21 @@ pub fn requirements(arch: Arch) -> Vec<Requirement> {
     reqs
 }
 
+/// What a build signed for Secure Boot runs besides: the signer and, for a board with Secure Boot
+/// firmware, the variable store writer and the template.
+pub fn secure_boot_requirements(board: &Board) -> Vec<Requirement> {
+    let mut reqs = uki::secure_boot::requirements();
+    if let Some(firmware) = &board.file.secure_boot {
+        reqs.extend(disk::vars::requirements());
+        reqs.push(host::req(
+            firmware.vars_template.display().to_string(),
+            board.file.firmware.package.clone(),
+            "the Secure Boot variable store template",
+        ));
+    }
+    reqs
+}
+
 /// What a build did, for the summary and `--json`.
 #[derive(Debug, Serialize)]
 pub struct BuildReport {
@@ -72,8 +92,8 @@ pub struct BuildReport {
     pub signed_with_key_id: Option<String>,
 }
 
-/// Builds the image for `board` into out/<board>/.
-pub fn build(ws: &Workspace, board: &Board) -> Result<BuildReport> {
+/// Builds the image for `board` into out/<board>/, its UKI signed with `secure_boot`'s db key if given.
+pub fn build(ws: &Workspace, board: &Board, secure_boot: Option<&SecureBootKeys>) -> Result<BuildReport> {
     let started = std::time::Instant::now();
     let arch = board.arch();
 
@@ -82,7 +102,11 @@ pub fn build(ws: &Workspace, board: &Board) -> Result<BuildReport> {
     let lock = inputs.lock(ws)?;
     let lock_sha256 = lock.sha256()?;
     let epoch = source_date_epoch()?;
-    host::ensure(&requirements(arch))?;
+    let mut reqs = requirements(arch);
+    if secure_boot.is_some() {
+        reqs.extend(secure_boot_requirements(board));
+    }
+    host::ensure(&reqs)?;
 
     // 2. Packages.
     let wanted = lock.packages_for(arch);
@@ -179,14 +203,21 @@ pub fn build(ws: &Workspace, board: &Board) -> Result<BuildReport> {
     let step = progress::step("making the UKI");
     let cmdline = kernel_cmdline(board, &inputs.spec);
     let uki = path_of("efi");
-    let image = parts.build(&inputs.spec, &cmdline, &initramfs)?;
+    let mut image = parts.build(&inputs.spec, &cmdline, &initramfs)?;
     fs::write(&uki, &image).with_context(|| format!("writing {}", uki.display()))?;
+    if let Some(keys) = secure_boot {
+        step.set_message("signing the UKI for Secure Boot");
+        keys.db.sign_in_place(&uki, epoch).context("signing the UKI")?;
+        set_readable(&uki)?;
+        image = fs::read(&uki).with_context(|| format!("reading the signed {}", uki.display()))?;
+    }
     step.done();
 
     // 10. Disk.
     let step = progress::step("writing the disk");
     let raw = path_of("raw");
-    disk::write_raw(&inputs.spec, board, epoch, &image, &raw, work)?;
+    let name = DiskName { image: &inputs.spec.name, version: &inputs.spec.version };
+    disk::write_raw(name, board, epoch, &image, &raw, work)?;
     drop(image);
     let formats = &board.file.disk.formats;
     let mut files = Vec::new();
@@ -201,6 +232,22 @@ pub fn build(ws: &Workspace, board: &Board) -> Result<BuildReport> {
     if !formats.contains(&DiskFormat::Raw) {
         fs::remove_file(&raw).with_context(|| format!("removing {}", raw.display()))?;
     }
+    let secure_boot_record = match secure_boot {
+        Some(keys) => {
+            let vars = match &board.file.secure_boot {
+                Some(firmware) => {
+                    step.set_message("enrolling the Secure Boot keys into the firmware variable store");
+                    let vars = path_of(VARS_KIND);
+                    disk::vars::write_vars(firmware, keys, &vars)?;
+                    files.push(vars.clone());
+                    Some(artifact(&base, VARS_KIND))
+                }
+                None => None,
+            };
+            Some(SecureBootRecord { db_certificate_sha256: keys.db_cert_sha256()?, vars })
+        }
+        None => None,
+    };
     step.done();
     files.extend([uki, initramfs, rootfs_sqsh]);
     files.extend(layers.iter().map(|layer| layer.sqsh.clone()));
@@ -234,6 +281,7 @@ pub fn build(ws: &Workspace, board: &Board) -> Result<BuildReport> {
         on_demand_modules,
         kernel_requirements: Some(KernelRequirements { cilium }),
         artifacts,
+        secure_boot: secure_boot_record,
     };
     staging.publish(&manifest)?;
     Ok(BuildReport {
@@ -247,6 +295,9 @@ pub fn build(ws: &Workspace, board: &Board) -> Result<BuildReport> {
         signed_with_key_id: None,
     })
 }
+
+/// The artifact kind of the firmware variable store: `<base>.secure-boot-vars.fd`.
+const VARS_KIND: &str = "secure-boot-vars.fd";
 
 /// The root tree and one tree per extension, assembled and checked in a work directory in the cache
 /// (not in out/, so a refused build leaves out/ exactly as it was).
@@ -315,6 +366,6 @@ pub fn build_floor_disk(ws: &Workspace, board: &Board, dir: &Path) -> Result<Pat
     let cmdline = format!("{} {FLOOR_FLAG}", kernel_cmdline(board, &inputs.spec));
     let uki = parts.build(&inputs.spec, &cmdline, &initramfs)?;
     let raw = dir.join("floor.raw");
-    disk::write_raw(&inputs.spec, board, 0, &uki, &raw, dir)?;
+    disk::write_raw(DiskName { image: &inputs.spec.name, version: &inputs.spec.version }, board, 0, &uki, &raw, dir)?;
     Ok(raw)
 }

@@ -31,6 +31,19 @@ pub struct Manifest {
     #[serde(default)]
     pub kernel_requirements: Option<KernelRequirements>,
     pub artifacts: Vec<Artifact>,
+    /// Present when the UKI is signed for Secure Boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure_boot: Option<SecureBootRecord>,
+}
+
+/// What a Secure Boot build signed with and enrolled.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SecureBootRecord {
+    /// SHA-256 of the db certificate (DER) the UKI is signed for.
+    pub db_certificate_sha256: String,
+    /// The variable store artifact with the key set enrolled (absent for a board without `[secure-boot]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vars: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -105,6 +118,13 @@ impl Manifest {
                     Ok(())
                 })
                 .with_context(|| format!("{}: artifact {:?}", path.display(), artifact.file))?;
+        }
+        if let Some(vars) = manifest.secure_boot.as_ref().and_then(|s| s.vars.as_ref()) {
+            ensure!(
+                seen.contains(vars.as_str()),
+                "{}: field `secure_boot.vars` names {vars:?}, which is not among the artifacts",
+                path.display()
+            );
         }
         Ok(manifest)
     }

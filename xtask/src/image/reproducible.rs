@@ -20,6 +20,7 @@ use super::manifest::Manifest;
 use crate::initramfs::machined;
 use crate::spec::workspace::Workspace;
 use crate::spec::Board;
+use crate::uki::secure_boot::DB_KEY_ENV;
 use crate::util::cmd::cmd;
 use crate::util::progress;
 use anyhow::{Context, Result};
@@ -43,9 +44,18 @@ pub struct BuildRun {
     pub seconds: f64,
 }
 
+/// The Secure Boot key set both builds sign with. Nothing of this process's environment reaches the
+/// builds, so the db key, when it comes from the environment, is handed on explicitly.
+pub struct Signing {
+    pub keys_dir: PathBuf,
+    pub db_key_env: Option<std::ffi::OsString>,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct CheckReport {
     pub identical: bool,
+    /// Both builds signed the UKI with the same Secure Boot key set.
+    pub signed_for_secure_boot: bool,
     pub board: String,
     pub image: String,
     pub version: String,
@@ -59,7 +69,7 @@ pub struct CheckReport {
 
 /// `build-image --check-reproducible`: see the module doc. `board_arg` is the `--board` the user gave.
 /// Identical or not, the report says so; an error means a build could not be made.
-pub fn check(ws: &Workspace, board_arg: Option<&str>, board: &Board) -> Result<CheckReport> {
+pub fn check(ws: &Workspace, board_arg: Option<&str>, board: &Board, signing: Option<&Signing>) -> Result<CheckReport> {
     let started = std::time::Instant::now();
     // Bad inputs fail here, once, rather than in both builds.
     BuildInputs::load(ws)?.lock(ws)?;
@@ -114,7 +124,7 @@ pub fn check(ws: &Workspace, board_arg: Option<&str>, board: &Board) -> Result<C
     let mut runs = Vec::new();
     for (label, plan) in [("first", &first), ("second", &second)] {
         let step = progress::step(format!("{label} build of {} (empty cache in {})", board.name, plan.dir.display()));
-        let run = plan.run(&exe, ws, &board.name).with_context(|| format!("the {label} build failed"))?;
+        let run = plan.run(&exe, ws, &board.name, signing).with_context(|| format!("the {label} build failed"))?;
         step.done();
         progress::note(format!("{label} build done in {:.1} s", run.seconds));
         runs.push(run);
@@ -124,6 +134,7 @@ pub fn check(ws: &Workspace, board_arg: Option<&str>, board: &Board) -> Result<C
     let kept = if comparison.identical { None } else { Some(root.keep()) };
     let report = CheckReport {
         identical: comparison.identical,
+        signed_for_secure_boot: signing.is_some(),
         board: board.name.clone(),
         image: manifest.image,
         version: manifest.version,
@@ -194,7 +205,7 @@ struct Plan {
 }
 
 impl Plan {
-    fn run(&self, exe: &Path, ws: &Workspace, board_name: &str) -> Result<BuildRun> {
+    fn run(&self, exe: &Path, ws: &Workspace, board_name: &str, signing: Option<&Signing>) -> Result<BuildRun> {
         let (out, cache, tmp) = (self.dir.join("out"), self.dir.join("cache"), self.dir.join("tmp"));
         for dir in [&cache, &tmp] {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -218,16 +229,22 @@ impl Plan {
         if let Some(mirror) = &ws.mirror {
             build = build.arg("--mirror").arg(mirror);
         }
-        // Nothing of this process's configuration reaches the children but what is passed on above:
-        // no XTASK_* variable (the signing key among them: nothing is signed here).
+        // Nothing of this process's configuration reaches the children but what is passed on here:
+        // no XTASK_* variable (the minisign key among them: nothing is minisign-signed here), and the
+        // Secure Boot key set only explicitly.
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("XTASK_") {
                 build = build.env_remove(key);
             }
         }
+        build = build.arg("build-image").args(&self.board);
+        if let Some(signing) = signing {
+            build = build.arg("--secure-boot-keys").arg(&signing.keys_dir);
+            if let Some(db_key) = &signing.db_key_env {
+                build = build.env(DB_KEY_ENV, db_key);
+            }
+        }
         let stdout = build
-            .arg("build-image")
-            .args(&self.board)
             .dir(&self.dir)
             .env("TZ", self.tz)
             .env("LC_ALL", self.locale)

@@ -13,6 +13,7 @@
 //! written only to its own 0600 file by [`write_key_pair`].
 
 use crate::util::digest::hex;
+use crate::util::fs::{read_secret, write_with_mode};
 use anyhow::{bail, ensure, Context, Result};
 use base64::Engine as _;
 use blake2::{Blake2b256, Blake2b512, Digest as _};
@@ -20,8 +21,7 @@ use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use sha2::Digest as _;
 use sha2::Sha256;
 use std::fmt;
-use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
@@ -279,21 +279,7 @@ impl SecretKey {
 
     /// Loads a key file, refusing one that group or others may read.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let mut file = std::fs::File::open(path).with_context(|| format!("opening secret key {}", path.display()))?;
-        // Checked on the open handle, so the file judged is the file read.
-        let mode =
-            file.metadata().with_context(|| format!("reading the metadata of secret key {}", path.display()))?.mode();
-        if mode & 0o077 != 0 {
-            bail!(
-                "{}: secret key file has mode {:04o}, which lets group or others access it; \
-                 run `chmod 600 {}` (and consider the key leaked if others could read it)",
-                path.display(),
-                mode & 0o7777,
-                path.display()
-            );
-        }
-        let mut text = Zeroizing::new(String::new());
-        file.read_to_string(&mut text).with_context(|| format!("reading the secret key {}", path.display()))?;
+        let text = read_secret(path, "secret key")?;
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -541,31 +527,15 @@ pub fn write_key_pair(dir: &Path, force: bool) -> Result<(PathBuf, KeyId)> {
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let key = SecretKey::generate()?;
-    write_new_file(&secret_path, key.to_file_text().as_bytes(), 0o600, force)?;
-    write_new_file(&public_path, key.public_key().to_file_text().as_bytes(), 0o644, force)?;
+    write_with_mode(&secret_path, key.to_file_text().as_bytes(), 0o600, force)?;
+    write_with_mode(&public_path, key.public_key().to_file_text().as_bytes(), 0o644, force)?;
     Ok((public_path, key.key_id()))
-}
-
-/// Writes a file through a temp file created with `mode` from the start, then renames it into
-/// place; without `replace`, an existing file is never overwritten (even one created meanwhile).
-fn write_new_file(path: &Path, contents: &[u8], mode: u32, replace: bool) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut temp = tempfile::Builder::new()
-        .prefix(".xtask-key-")
-        .permissions(std::fs::Permissions::from_mode(mode))
-        .tempfile_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    temp.write_all(contents)
-        .and_then(|()| temp.as_file().sync_all())
-        .with_context(|| format!("writing {}", temp.path().display()))?;
-    let persisted = if replace { temp.persist(path) } else { temp.persist_noclobber(path) };
-    persisted.map_err(|e| e.error).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     use std::process::Command;
 
     fn minisign(args: &[&str], dir: &Path) -> std::process::Output {

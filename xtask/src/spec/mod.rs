@@ -155,6 +155,11 @@ pub struct BoardFile {
     /// Kernel modules machined loads before mounting the root; their `depends=` closure is added.
     pub boot_modules: Vec<String>,
     pub firmware: Firmware,
+    /// The firmware that enforces Secure Boot, for a build signed with a Secure Boot key: build-image
+    /// enrols the key set into a copy of its variable store template; `boot-test --secure-boot` boots
+    /// it. Without it, a signed build has no variable store and the board cannot boot-test Secure Boot.
+    #[serde(default)]
+    pub secure_boot: Option<SecureBootFirmware>,
     pub qemu: Qemu,
     pub disk: Disk,
     /// How machined finds the node's scratch disk (encrypted, formatted every boot, mounted on /var).
@@ -196,6 +201,21 @@ pub struct Firmware {
     pub code: PathBuf,
     /// Variable store template (pflash unit 1, used as a snapshot).
     pub vars: PathBuf,
+}
+
+/// `[secure-boot]`: the board's UEFI firmware in its Secure Boot build (same package as `[firmware]`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SecureBootFirmware {
+    /// Firmware code that checks every image it starts against the enrolled db (pflash unit 0).
+    pub code: PathBuf,
+    /// A variable store to enrol into: its own PK, KEK, db and dbx (if any) are deleted, ours set, and
+    /// Secure Boot turned on. Must hold a formatted store (an all-zero file cannot be edited).
+    pub vars_template: PathBuf,
+    /// Whether `code` keeps the variables in SMM, so QEMU needs `smm=on` and a secure pflash (without
+    /// them OVMF's Secure Boot build hangs silently before printing anything).
+    #[serde(default)]
+    pub smm: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -505,6 +525,26 @@ mod tests {
             .unwrap();
         let err = format!("{:#}", load_board_file(&path).unwrap_err());
         assert!(err.contains("[scratch-disk]"), "{err}");
+    }
+
+    #[test]
+    fn secure_boot_table_is_strict_and_optional() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.toml");
+        for board in ["qemu-amd64", "qemu-arm64"] {
+            let text =
+                std::fs::read_to_string(crate::util::paths::repo_root().join(format!("boards/{board}.toml"))).unwrap();
+            std::fs::write(&path, &text).unwrap();
+            let secure_boot = load_board_file(&path).unwrap().file.secure_boot.expect("both boards have [secure-boot]");
+            assert_eq!(secure_boot.smm, board == "qemu-amd64");
+            std::fs::write(&path, text.replace("vars-template =", "vars-templat =")).unwrap();
+            let err = format!("{:#}", load_board_file(&path).unwrap_err());
+            assert!(err.contains("b.toml:") && err.contains("vars-templat"), "{err}");
+            let start = text.find("[secure-boot]").unwrap();
+            let end = text[start..].find("\n\n").map_or(text.len(), |e| start + e);
+            std::fs::write(&path, format!("{}{}", &text[..start], &text[end..])).unwrap();
+            assert!(load_board_file(&path).unwrap().file.secure_boot.is_none());
+        }
     }
 
     #[test]

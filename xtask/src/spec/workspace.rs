@@ -2,7 +2,7 @@
 //! directories, and the Debian archive overrides. tasks/ makes one from the command line; every stage
 //! reads its paths from it.
 
-use crate::util::paths::repo_root;
+use crate::util::paths::{default_cache_dir, repo_root};
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug)]
@@ -70,12 +70,4 @@ impl Workspace {
     pub fn cache_dir(&self) -> PathBuf {
         self.cache_dir.clone()
     }
-}
-
-fn default_cache_dir() -> PathBuf {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
-        .unwrap_or_else(|| repo_root().join("target"));
-    base.join("nodeimg")
 }

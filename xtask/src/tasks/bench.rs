@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: one run, one table. Build times (cold cache, warm cache, second build with
-//! nothing changed), artifact sizes, boot time to ready (a worker node, networking on: DHCP on both
-//! NICs), and the floor (same firmware, stub, kernel and NICs with a trivial initramfs) measured in
-//! the same run, with the ratios the targets are stated in.
+//! nothing changed, a build signed for Secure Boot), artifact sizes, boot time to ready (a worker
+//! node, networking on: DHCP on both NICs) under the plain firmware and under Secure Boot (with the
+//! time each refusal takes), and the floor (same firmware, stub, kernel and NICs with a trivial
+//! initramfs) measured in the same run, with the ratios the targets are stated in.
 //! Figures are reported, never asserted: these machines are too noisy for timed tests.
 //!
 //! `--upload` adds the upload rows: a file of 1 GiB (`--upload-mib`) published with `cargo xtask
@@ -17,9 +18,11 @@ use crate::image::manifest::Artifact;
 use crate::image::manifest::Manifest;
 use crate::sign::dir::sign_dir;
 use crate::sign::minisign::SecretKey;
+use crate::sign::secure_boot;
 use crate::spec::names::MANIFEST_FILE;
 use crate::spec::workspace::Workspace;
 use crate::spec::{select_board, Arch};
+use crate::uki::secure_boot::SecureBootKeys;
 use crate::upload::garage;
 use crate::util::cmd::{cmd, Cmd};
 use crate::util::fs::write_atomic;
@@ -80,6 +83,10 @@ pub struct ArchFigures {
     pub rootfs_bytes: u64,
     pub ready_secs: f64,
     pub floor_secs: f64,
+    pub signed_build_secs: f64,
+    pub secure_boot_ready_secs: f64,
+    /// Seconds from QEMU start to the firmware's refusal, per refused image.
+    pub refusal_secs: Vec<(String, f64)>,
 }
 
 pub fn run(global: &Global, args: &BenchArgs) -> Result<()> {
@@ -169,6 +176,7 @@ fn write_bench_release(dir: &Path, size: u64) -> Result<PathBuf> {
         extensions: Vec::new(),
         on_demand_modules: 0,
         kernel_requirements: None,
+        secure_boot: None,
         artifacts: vec![Artifact { file: name.into(), size, sha256: crate::util::digest::hex(&sha256.finalize()) }],
     };
     write_atomic(&dir.join(MANIFEST_FILE), manifest.to_json()?.as_bytes())?;
@@ -288,15 +296,27 @@ fn bench_arch(ws: &Workspace, arch: Arch, scratch: &std::path::Path) -> Result<A
     host::ensure(&qemu::requirements(&board))?;
     let with = |cache: &str, out: &str| ws.with_cache_and_out(&scratch.join(cache), &scratch.join(out));
     progress::note(format!("bench {arch}: cold build (empty cache)"));
-    let cold = build::build(&with(&format!("cache-{arch}"), &format!("cold-{arch}")), &board)?;
+    let cold = build::build(&with(&format!("cache-{arch}"), &format!("cold-{arch}")), &board, None)?;
     progress::note(format!("bench {arch}: warm build (cached packages, empty output)"));
     let warm_ws = with(&format!("cache-{arch}"), &format!("warm-{arch}"));
-    let warm = build::build(&warm_ws, &board)?;
+    let warm = build::build(&warm_ws, &board, None)?;
     progress::note(format!("bench {arch}: second build, nothing changed"));
-    let unchanged = build::build(&warm_ws, &board)?;
+    let unchanged = build::build(&warm_ws, &board, None)?;
 
     progress::note(format!("bench {arch}: boot-test"));
-    let boot = boot_test(&warm_ws, &board, &BootOptions { accel: Accel::Auto, timeout: None, first_role_only: true })?;
+    let plain =
+        BootOptions { accel: Accel::Auto, timeout: None, first_role_only: true, secure_boot: false, refusals: false };
+    let boot = boot_test(&warm_ws, &board, &plain)?;
+
+    progress::note(format!("bench {arch}: build signed for Secure Boot (cached packages), boot-test --secure-boot"));
+    let keys_dir = scratch.join(format!("secure-boot-keys-{arch}"));
+    host::ensure(&secure_boot::requirements())?;
+    secure_boot::generate(&keys_dir, "nodeimg bench", false)?;
+    let keys = SecureBootKeys::load_own(&keys_dir)?;
+    let signed_ws = with(&format!("cache-{arch}"), &format!("signed-{arch}"));
+    let signed = build::build(&signed_ws, &board, Some(&keys))?;
+    let secure = BootOptions { secure_boot: true, refusals: true, ..plain };
+    let secure_boot_boot = boot_test(&signed_ws, &board, &secure)?;
 
     progress::note(format!("bench {arch}: floor boot (trivial initramfs)"));
     let floor_dir = scratch.join(format!("floor-{arch}"));
@@ -320,6 +340,9 @@ fn bench_arch(ws: &Workspace, arch: Arch, scratch: &std::path::Path) -> Result<A
         rootfs_bytes: size(".rootfs.sqsh"),
         ready_secs: boot.ready_secs,
         floor_secs,
+        signed_build_secs: signed.seconds,
+        secure_boot_ready_secs: secure_boot_boot.ready_secs,
+        refusal_secs: secure_boot_boot.refusals.iter().map(|r| (r.image.clone(), r.refused_secs)).collect(),
     })
 }
 
@@ -331,12 +354,14 @@ fn print_table(rows: &[ArchFigures]) {
         ("  downloaded".into(), rows.iter().map(|r| mb(r.cold_downloaded_bytes)).collect()),
         ("warm build (target ≤ 15 s)".into(), rows.iter().map(|r| secs(r.warm_build_secs)).collect()),
         ("second build, nothing changed".into(), rows.iter().map(|r| secs(r.unchanged_build_secs)).collect()),
+        ("signed build (Secure Boot, warm)".into(), rows.iter().map(|r| secs(r.signed_build_secs)).collect()),
         ("  packages downloaded".into(), rows.iter().map(|r| r.unchanged_downloaded.to_string()).collect()),
         ("raw disk".into(), rows.iter().map(|r| mb(r.raw_bytes)).collect()),
         ("qcow2".into(), rows.iter().map(|r| mb(r.qcow2_bytes)).collect()),
         ("UKI".into(), rows.iter().map(|r| mb(r.uki_bytes)).collect()),
         ("root squashfs".into(), rows.iter().map(|r| mb(r.rootfs_bytes)).collect()),
         ("boot to ready".into(), rows.iter().map(|r| secs(r.ready_secs)).collect()),
+        ("boot to ready, Secure Boot".into(), rows.iter().map(|r| secs(r.secure_boot_ready_secs)).collect()),
         ("floor (trivial initramfs)".into(), rows.iter().map(|r| secs(r.floor_secs)).collect()),
         (
             "ready / floor (target ≤ 1.3×)".into(),
@@ -344,6 +369,13 @@ fn print_table(rows: &[ArchFigures]) {
         ),
         ("warm build / 15 s target".into(), rows.iter().map(|r| format!("{:.2}×", r.warm_build_secs / 15.0)).collect()),
     ];
+    for (index, (image, _)) in rows.first().map_or(&[][..], |r| &r.refusal_secs[..]).iter().enumerate() {
+        let label = format!("  refused: {image}");
+        let cells = rows.iter().map(|r| r.refusal_secs.get(index).map_or("-".into(), |(_, s)| secs(*s))).collect();
+        let at =
+            lines.iter().position(|(l, _)| l == "boot to ready, Secure Boot").map_or(lines.len(), |i| i + 1 + index);
+        lines.insert(at, (label, cells));
+    }
     lines.insert(0, ("".into(), rows.iter().map(|r| r.board.clone()).collect()));
     for (label, cells) in lines {
         let cells: Vec<String> = cells.iter().map(|c| format!("{c:>14}")).collect();

@@ -22,13 +22,24 @@ pub struct BootTestArgs {
     /// Override the board's boot timeout, in seconds
     #[arg(long)]
     pub timeout: Option<u64>,
+    /// Boot under the board's Secure Boot firmware with the variable store of a signed build (see
+    /// `build-image --secure-boot-keys`): passes only if the node reports Secure Boot on and the kernel
+    /// locked down. Then prove the firmware refuses an unsigned UKI, one signed by another db key and
+    /// the signed one with a byte of .initrd changed
+    #[arg(long)]
+    pub secure_boot: bool,
 }
 
 pub fn run(global: &Global, args: &BootTestArgs) -> Result<()> {
     let ws = global.workspace();
     let board = select_board(&ws.boards_dir(), args.board.as_deref(), args.arch)?;
-    let options =
-        BootOptions { accel: args.accel, timeout: args.timeout.map(Duration::from_secs), first_role_only: false };
+    let options = BootOptions {
+        accel: args.accel,
+        timeout: args.timeout.map(Duration::from_secs),
+        first_role_only: false,
+        secure_boot: args.secure_boot,
+        refusals: args.secure_boot,
+    };
     let report = boot_test(&ws, &board, &options)?;
     if global.json {
         print_json(&report)
@@ -40,14 +51,22 @@ pub fn run(global: &Global, args: &BootTestArgs) -> Result<()> {
 
 fn print_summary(r: &BootReport) {
     println!(
-        "boot-test {}: {} roles booted from one disk (sha256 {}, unchanged after), {}",
+        "boot-test {}: {} role{} booted from one disk (sha256 {}, unchanged after), {}{}",
         r.board,
         r.nodes.len(),
+        if r.nodes.len() == 1 { "" } else { "s" },
         r.disk_sha256,
-        r.accel
+        r.accel,
+        if r.secure_boot { ", Secure Boot firmware with our keys" } else { "" }
     );
     for node in &r.nodes {
         print_node(node);
+    }
+    for refusal in &r.refusals {
+        println!(
+            "refused as proven: the {} ({:.1} s after QEMU started: {})",
+            refusal.image, refusal.refused_secs, refusal.line
+        );
     }
 }
 
@@ -59,6 +78,15 @@ fn print_node(n: &NodeReport) {
          (machined's reason: {})",
         n.role, n.ready_secs, s.kernel, s.root_fstype, n.poweroff_secs, n.shutdown
     );
+    if let Some(sb) = &s.secure_boot {
+        let word = |b: Option<bool>| b.map_or("unknown", |b| if b { "on" } else { "off" });
+        println!(
+            "  Secure Boot {} (setup mode {}), kernel lockdown {}",
+            word(sb.enabled),
+            word(sb.setup_mode),
+            sb.lockdown.as_deref().unwrap_or("unknown")
+        );
+    }
     if let Some(milestones) = s.milestones_ms.as_object() {
         let mut steps: Vec<(&String, u64)> = milestones.iter().map(|(k, v)| (k, v.as_u64().unwrap_or(0))).collect();
         steps.sort_by_key(|(_, ms)| *ms);

@@ -5,6 +5,7 @@ use super::{print_json, Global};
 use crate::image::{build, reproducible};
 use crate::sign::{dir::sign_dir, minisign::SecretKey};
 use crate::spec::{select_board, Arch};
+use crate::uki::secure_boot::{SecureBootKeys, DB_KEY_ENV, KEYS_DIR_ENV};
 use anyhow::Result;
 use std::path::PathBuf;
 
@@ -22,6 +23,12 @@ pub struct BuildImageArgs {
     /// signatures and SHA256SUMS of an earlier build are removed before the new artifacts are published
     #[arg(long, value_name = "FILE")]
     pub secret_key: Option<PathBuf>,
+    /// Sign the UKI for Secure Boot with the key set in DIR (as `cargo xtask keygen --secure-boot`
+    /// writes it: PK.crt, KEK.crt, db.crt, owner.guid and db.key, mode 0600; the db key may come from
+    /// $XTASK_SECURE_BOOT_DB_KEY, the file's contents, instead), and write the board's firmware variable
+    /// store with the keys enrolled next to the disk. Signed builds are reproducible too
+    #[arg(long, value_name = "DIR", env = KEYS_DIR_ENV)]
+    pub secure_boot_keys: Option<PathBuf>,
     /// Instead of publishing, build twice (separate processes, empty caches, output and temp
     /// directories at different paths, a different umask and time zone, machined, spec, boards and
     /// overlays read from two copies at different paths, as two clones would have them) and compare
@@ -34,12 +41,13 @@ pub struct BuildImageArgs {
 pub fn run(global: &Global, args: &BuildImageArgs) -> Result<()> {
     let ws = global.workspace();
     let board = select_board(&ws.boards_dir(), args.board.as_deref(), args.arch)?;
-    if args.check_reproducible {
-        return check_reproducible(global, args, &board);
-    }
     // A bad key fails here, before anything is built or published.
+    let secure_boot = SecureBootKeys::load_configured(args.secure_boot_keys.as_deref())?;
+    if args.check_reproducible {
+        return check_reproducible(global, args, &board, secure_boot.as_ref());
+    }
     let key = SecretKey::load_configured(args.secret_key.as_deref())?;
-    let mut report = build::build(&ws, &board)?;
+    let mut report = build::build(&ws, &board, secure_boot.as_ref())?;
     if let Some(key) = &key {
         sign_dir(&report.out_dir, key)?;
         report.signed_with_key_id = Some(key.key_id().to_string());
@@ -58,23 +66,41 @@ pub fn run(global: &Global, args: &BuildImageArgs) -> Result<()> {
         report.cached,
         report.out_dir.display()
     );
+    if let Some(record) = &report.manifest.secure_boot {
+        println!(
+            "  UKI signed for Secure Boot with the db key of {} (certificate sha256 {}){}",
+            args.secure_boot_keys.as_deref().unwrap_or(std::path::Path::new("?")).display(),
+            record.db_certificate_sha256,
+            record.vars.as_ref().map(|v| format!("; keys enrolled in {v}")).unwrap_or_default()
+        );
+    }
     for a in &report.manifest.artifacts {
         println!("  {:<28} {:>12} bytes  sha256 {}", a.file, a.size, a.sha256);
     }
     Ok(())
 }
 
-fn check_reproducible(global: &Global, args: &BuildImageArgs, board: &crate::spec::Board) -> Result<()> {
-    let report = reproducible::check(&global.workspace(), args.board.as_deref(), board)?;
+fn check_reproducible(
+    global: &Global,
+    args: &BuildImageArgs,
+    board: &crate::spec::Board,
+    secure_boot: Option<&SecureBootKeys>,
+) -> Result<()> {
+    let signing = secure_boot.map(|keys| reproducible::Signing {
+        keys_dir: keys.dir.clone(),
+        db_key_env: std::env::var_os(DB_KEY_ENV).filter(|v| !v.is_empty()),
+    });
+    let report = reproducible::check(&global.workspace(), args.board.as_deref(), board, signing.as_ref())?;
     if global.json {
         print_json(&report)?;
     } else {
         if report.identical {
             println!(
-                "reproducible: {} {} for {}: two independent builds ({:.1} s and {:.1} s) gave {} identical files",
+                "reproducible: {} {} for {}{}: two independent builds ({:.1} s and {:.1} s) gave {} identical files",
                 report.image,
                 report.version,
                 report.board,
+                if report.signed_for_secure_boot { ", signed for Secure Boot" } else { "" },
                 report.builds[0].seconds,
                 report.builds[1].seconds,
                 report.comparison.files.len()

@@ -4,6 +4,7 @@
 use super::Global;
 use crate::boot::qemu;
 use crate::image::build;
+use crate::sign::secure_boot;
 use crate::spec::{load_boards, Arch};
 use crate::upload::garage;
 use crate::util::host::{self, req, Requirement};
@@ -28,6 +29,7 @@ pub fn for_tests() -> Vec<Requirement> {
         req("cpio", "cpio", "listing initramfs archives"),
         req("x86_64-linux-gnu-objdump", "binutils", "checking UKI sections (x86-64)"),
         req("aarch64-linux-gnu-objdump", "binutils-aarch64-linux-gnu", "checking UKI sections (arm64)"),
+        req("sbverify", "sbsigntool", "checking Secure Boot signatures with sbsigntool's verifier"),
     ]
     .into_iter()
     .chain(garage::client_requirements())
@@ -39,8 +41,12 @@ pub fn run(global: &Global, args: &HostToolsArgs) -> Result<()> {
     let mut reqs = Vec::new();
     for arch in args.arch.map_or(Arch::ALL.to_vec(), |a| vec![a]) {
         reqs.extend(build::requirements(arch));
-        boards.iter().filter(|b| b.arch() == arch).for_each(|b| reqs.extend(qemu::requirements(b)));
+        for board in boards.iter().filter(|b| b.arch() == arch) {
+            reqs.extend(build::secure_boot_requirements(board));
+            reqs.extend(qemu::requirements(board));
+        }
     }
+    reqs.extend(secure_boot::requirements());
     if args.arch.is_none() {
         reqs.extend(for_tests());
     }

@@ -11,6 +11,7 @@ use crate::image::build;
 use crate::sign::dir::sign_dir;
 use crate::sign::minisign::{PublicKey, SecretKey};
 use crate::spec::{select_board, Arch, Board};
+use crate::uki::secure_boot::{SecureBootKeys, KEYS_DIR_ENV};
 use crate::upload::location::Location;
 use crate::upload::publish::{self, Verified};
 use crate::util::progress;
@@ -35,6 +36,10 @@ pub struct ReleaseArgs {
     /// Accelerator for the boot tests: auto uses KVM only where a probe proves it works
     #[arg(long, value_enum, default_value = "auto")]
     pub accel: Accel,
+    /// Sign each UKI for Secure Boot with the key set in DIR (as for build-image); each signed image
+    /// then also boots under the board's Secure Boot firmware with the keys enrolled
+    #[arg(long, value_name = "DIR", env = KEYS_DIR_ENV)]
+    pub secure_boot_keys: Option<PathBuf>,
     #[command(flatten)]
     pub publish: PublishArgs,
 }
@@ -65,6 +70,8 @@ pub fn run(global: &Global, args: &ReleaseArgs) -> Result<()> {
     let ws = global.workspace();
     // Everything that can be refused is checked before the first build.
     let secret = SecretKey::load(args.secret_key.as_deref())?;
+    // Before any build: a db key in the environment without its key set is refused here.
+    let secure_boot = SecureBootKeys::load_configured(args.secure_boot_keys.as_deref())?;
     let public = match &args.key {
         Some(path) => PublicKey::load(path)?,
         None => secret.public_key(),
@@ -93,7 +100,7 @@ pub fn run(global: &Global, args: &ReleaseArgs) -> Result<()> {
     let mut arches = Vec::new();
     for board in &boards {
         progress::note(format!("release: building {}", board.name));
-        let report = build::build(&ws, board)?;
+        let report = build::build(&ws, board, secure_boot.as_ref())?;
         arches.push(ArchRelease {
             arch: board.arch(),
             board: board.name.clone(),
@@ -104,11 +111,17 @@ pub fn run(global: &Global, args: &ReleaseArgs) -> Result<()> {
             upload: None,
         });
     }
-    let boot = BootOptions { accel: args.accel, timeout: None, first_role_only: false };
+    let boot =
+        BootOptions { accel: args.accel, timeout: None, first_role_only: false, secure_boot: false, refusals: false };
     for (board, arch) in boards.iter().zip(&mut arches) {
         progress::note(format!("release: boot-testing {}", board.name));
         arch.boot_ready_secs =
             boot_test(&ws, board, &boot).with_context(|| format!("boot-testing {}", board.name))?.ready_secs;
+        if secure_boot.is_some() {
+            progress::note(format!("release: boot-testing {} under Secure Boot", board.name));
+            let secure = BootOptions { secure_boot: true, ..boot };
+            boot_test(&ws, board, &secure).with_context(|| format!("boot-testing {} under Secure Boot", board.name))?;
+        }
     }
     let mut verified = Vec::new();
     for arch in &mut arches {

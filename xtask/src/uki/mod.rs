@@ -4,6 +4,7 @@
 //! there is checked against the digests recorded when it was unpacked.
 
 pub mod pe;
+pub mod secure_boot;
 
 use crate::archive::lockfile::LockedPackage;
 use crate::archive::unpacked::{unpacked_set, verify_unpacked};

@@ -1,7 +1,16 @@
 //! Unified Kernel Images: systemd-stub's PE/COFF image with the kernel, initrd, command line and
 //! os-release appended as new sections, the way ukify and `objcopy --add-section` do it. The stub's
-//! bytes are kept; new section headers go into the free space after the existing section table, their
-//! data is appended at FileAlignment, and their virtual addresses follow the image at SectionAlignment.
+//! headers and sections are kept; new section headers go into the free space after the existing section
+//! table, their data follows the stub's last section at FileAlignment, and their virtual addresses
+//! follow the image at SectionAlignment.
+//!
+//! Bytes a stub carries after its last section (systemd 252's x86-64 stub has a 12 KiB COFF symbol
+//! table there) are dropped, with the header's pointer to them: left in place they would be a gap
+//! between sections, which Authenticode implementations hash differently (edk2, sbsign and osslsigncode
+//! skip it, PyPI's signify hashes it), so one signature would verify in some and not in others. With no
+//! gap every byte after the headers belongs to a section, and they all agree.
+//!
+//! [`without_signature`] takes an Authenticode signature off again (boot-test's unsigned image).
 
 use anyhow::{bail, ensure, Context, Result};
 
@@ -12,6 +21,9 @@ const COFF_HEADER_LEN: usize = 20;
 const DATA_SECTION_FLAGS: u32 = 0x0000_0040 | 0x4000_0000;
 /// Index of the certificate table (Authenticode signature) among the data directories.
 const SECURITY_DIRECTORY: usize = 4;
+/// Index of the debug directory, whose entries point at file offsets.
+const DEBUG_DIRECTORY: usize = 6;
+const DEBUG_ENTRY_LEN: usize = 28;
 
 /// One section header, as read back for checks.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,13 +49,26 @@ struct PeLayout {
     sections: Vec<SectionInfo>,
 }
 
+impl PeLayout {
+    /// Where the data of the last section with any ends (the headers' end if none has data).
+    fn data_end(&self) -> usize {
+        self.sections
+            .iter()
+            .filter(|s| s.raw_size > 0)
+            .map(|s| s.raw_offset as usize + s.raw_size as usize)
+            .chain([self.size_of_headers as usize])
+            .max()
+            .unwrap_or(0)
+    }
+}
+
 /// Appends `sections` (in order; normally .osrel, .cmdline, .uname, .initrd, .linux) to the stub.
 pub fn build_uki(stub: &[u8], sections: &[(&str, &[u8])]) -> Result<Vec<u8>> {
     let pe = parse(stub).context("systemd-stub is not a usable PE32+ image")?;
     let optional = pe.optional_offset;
     let data_directories = read_u32(stub, optional + 108)? as usize;
     if data_directories > SECURITY_DIRECTORY {
-        let certificate_size = read_u32(stub, optional + 112 + 8 * SECURITY_DIRECTORY + 4)?;
+        let (_, certificate_size) = data_directory(stub, optional, SECURITY_DIRECTORY)?;
         ensure!(
             certificate_size == 0,
             "the stub is signed; adding sections would invalidate its signature: use the unsigned stub and \
@@ -71,7 +96,13 @@ pub fn build_uki(stub: &[u8], sections: &[(&str, &[u8])]) -> Result<Vec<u8>> {
         );
     }
 
-    let mut out = stub.to_vec();
+    // The stub's own bytes end with its last section: what follows belongs to no section.
+    let data_end = pe.data_end();
+    ensure!(data_end <= stub.len(), "the stub's headers run past the end of the file");
+    let mut out = stub[..data_end].to_vec();
+    if stub.len() > data_end {
+        drop_trailing_data(&mut out, &pe, data_end, stub)?;
+    }
     // SizeOfImage should already cover every section; take the larger in case a linker left it short.
     let image_end = pe
         .sections
@@ -117,8 +148,70 @@ pub fn build_uki(stub: &[u8], sections: &[(&str, &[u8])]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Checks that nothing but the COFF symbol table (which an image does not need, and which `strip`
+/// removes) lives in the stub's bytes past `data_end`, and clears the header's pointer to it.
+fn drop_trailing_data(out: &mut [u8], pe: &PeLayout, data_end: usize, stub: &[u8]) -> Result<()> {
+    let optional = pe.optional_offset;
+    let data_directories = read_u32(stub, optional + 108)? as usize;
+    if data_directories > DEBUG_DIRECTORY {
+        let (rva, size) = data_directory(stub, optional, DEBUG_DIRECTORY)?;
+        if size > 0 {
+            let section = pe
+                .sections
+                .iter()
+                .find(|s| rva >= s.virtual_address && rva - s.virtual_address < s.raw_size.max(s.virtual_size))
+                .context("the stub's debug directory lies in no section")?;
+            let table = section.raw_offset as usize + (rva - section.virtual_address) as usize;
+            for entry in 0..size as usize / DEBUG_ENTRY_LEN {
+                let at = table + entry * DEBUG_ENTRY_LEN;
+                let (data_size, pointer) = (read_u32(stub, at + 16)?, read_u32(stub, at + 24)?);
+                ensure!(
+                    data_size == 0 || (pointer as usize) + (data_size as usize) <= data_end,
+                    "the stub keeps debug data at {pointer:#x}, after its last section (which ends at \
+                     {data_end:#x}): it would be lost"
+                );
+            }
+        }
+    }
+    let symbol_table = read_u32(stub, pe.coff_offset + 8)? as usize;
+    if symbol_table != 0 {
+        ensure!(symbol_table >= data_end, "the stub's COFF symbol table at {symbol_table:#x} lies inside its sections");
+        write_u32(out, pe.coff_offset + 8, 0); // PointerToSymbolTable
+        write_u32(out, pe.coff_offset + 12, 0); // NumberOfSymbols
+    }
+    Ok(())
+}
+
+/// The image with its Authenticode signature (the certificate table at the end of the file) taken
+/// off: the security directory cleared, the file cut where the table began, the checksum redone.
+pub fn without_signature(pe: &[u8]) -> Result<Vec<u8>> {
+    let layout = parse(pe).context("not a usable PE32+ image")?;
+    let optional = layout.optional_offset;
+    let data_directories = read_u32(pe, optional + 108)? as usize;
+    ensure!(data_directories > SECURITY_DIRECTORY, "the image has no certificate table entry");
+    let (offset, size) = data_directory(pe, optional, SECURITY_DIRECTORY)?;
+    ensure!(size > 0, "the image is not signed");
+    let (offset, end) = (offset as usize, offset as usize + size as usize);
+    ensure!(
+        end == pe.len() && offset >= layout.data_end(),
+        "the certificate table ({offset:#x}..{end:#x}) is not at the end of the file ({:#x})",
+        pe.len()
+    );
+    let mut out = pe[..offset].to_vec();
+    let entry = optional + 112 + 8 * SECURITY_DIRECTORY;
+    out[entry..entry + 8].fill(0);
+    let checksum = pe_checksum(&out, optional + 64);
+    write_u32(&mut out, optional + 64, checksum);
+    Ok(out)
+}
+
+/// One data directory entry: (virtual address or, for the certificate table, file offset; size).
+fn data_directory(pe: &[u8], optional: usize, index: usize) -> Result<(u32, u32)> {
+    let at = optional + 112 + 8 * index;
+    Ok((read_u32(pe, at)?, read_u32(pe, at + 4)?))
+}
+
 /// The section headers of a PE32+ image.
-#[cfg_attr(not(test), allow(dead_code))] // used by the tests' checks
 pub fn sections(pe: &[u8]) -> Result<Vec<SectionInfo>> {
     Ok(parse(pe)?.sections)
 }
@@ -341,6 +434,117 @@ mod tests {
             corrupt[at] ^= 0xff;
             let _ = build_uki(&corrupt, &PARTS);
         }
+    }
+
+    /// A stub whose file goes on past its last section: a COFF symbol table of `len` bytes there,
+    /// pointed at by the COFF header, as systemd 252's x86-64 stub has.
+    fn stub_with_symbol_table(len: usize) -> Vec<u8> {
+        let mut stub = minimal_pe(0x1000, 0x400);
+        let at = stub.len() as u32;
+        stub.extend((0..len).map(|i| i as u8 | 1));
+        write_u32(&mut stub, 0x44 + 8, at);
+        write_u32(&mut stub, 0x44 + 12, 7);
+        stub
+    }
+
+    /// Every byte after the headers belongs to a section, in file order: the condition under which
+    /// all Authenticode implementations hash the same bytes.
+    fn assert_no_gaps(pe: &[u8]) {
+        let layout = parse(pe).unwrap();
+        let mut at = layout.size_of_headers as usize;
+        let mut sections = layout.sections.clone();
+        sections.sort_by_key(|s| s.raw_offset);
+        for s in sections.iter().filter(|s| s.raw_size > 0) {
+            assert_eq!(s.raw_offset as usize, align(at as u32, layout.file_alignment).unwrap() as usize, "{}", s.name);
+            assert!(pe[at..s.raw_offset as usize].iter().all(|&b| b == 0), "bytes before {}", s.name);
+            at = (s.raw_offset + s.raw_size) as usize;
+        }
+        assert_eq!(at, pe.len(), "bytes after the last section");
+    }
+
+    #[test]
+    fn bytes_after_the_stubs_last_section_are_dropped_with_their_pointer() {
+        let stub = stub_with_symbol_table(0x3161);
+        let uki = build_uki(&stub, &PARTS).unwrap();
+        let all = sections(&uki).unwrap();
+        assert_eq!(all[1].raw_offset as usize, stub.len() - 0x3161, ".osrel follows .text at once");
+        assert_eq!(read_u32(&uki, 0x44 + 8).unwrap(), 0, "PointerToSymbolTable");
+        assert_eq!(read_u32(&uki, 0x44 + 12).unwrap(), 0, "NumberOfSymbols");
+        assert_no_gaps(&uki);
+        assert_no_gaps(&build_uki(&minimal_pe(0x200, 0x400), &PARTS).unwrap());
+    }
+
+    #[test]
+    fn debug_data_past_the_last_section_is_refused_not_lost() {
+        let mut stub = stub_with_symbol_table(0x100);
+        write_u32(&mut stub, 0x44 + 8, 0);
+        // One debug directory entry inside .text, pointing at the trailing bytes.
+        let text_va = read_u32(&stub, 0x58 + 240 + 12).unwrap();
+        let text_raw = read_u32(&stub, 0x58 + 240 + 20).unwrap() as usize;
+        write_u32(&mut stub, 0x58 + 112 + 8 * DEBUG_DIRECTORY, text_va + 0x20);
+        write_u32(&mut stub, 0x58 + 112 + 8 * DEBUG_DIRECTORY + 4, DEBUG_ENTRY_LEN as u32);
+        write_u32(&mut stub, text_raw + 0x20 + 16, 0x40);
+        let trailing = (stub.len() - 0x80) as u32;
+        write_u32(&mut stub, text_raw + 0x20 + 24, trailing);
+        let err = format!("{:#}", build_uki(&stub, &PARTS).unwrap_err());
+        assert!(err.contains("debug data"), "{err}");
+    }
+
+    /// edk2 (and sbsign, osslsigncode, the authenticode crate) hash the sections sorted by offset and
+    /// then what follows them; signify hashes the file as it lies. Without gaps the two are one digest.
+    #[test]
+    fn both_ways_of_hashing_agree_on_a_uki_but_not_on_a_gapped_one() {
+        use sha2::{Digest, Sha256};
+        let in_file_order = |pe: &[u8]| {
+            let mut hasher = Sha256::new();
+            hasher.update(&pe[..0x58 + 64]);
+            hasher.update(&pe[0x58 + 68..0x58 + 112 + 8 * SECURITY_DIRECTORY]);
+            hasher.update(&pe[0x58 + 112 + 8 * SECURITY_DIRECTORY + 8..]);
+            hasher.finalize().to_vec()
+        };
+        let edk2_way = |pe: &[u8]| {
+            let file = object::read::pe::PeFile64::parse(pe).unwrap();
+            let mut hasher = Sha256::new();
+            authenticode::authenticode_digest(&file, &mut hasher).unwrap();
+            hasher.finalize().to_vec()
+        };
+        let stub = stub_with_symbol_table(0x3161);
+        let uki = build_uki(&stub, &PARTS).unwrap();
+        assert_eq!(edk2_way(&uki), in_file_order(&uki));
+
+        // The old layout: the stub's trailing bytes kept between .text and the added sections.
+        let mut gapped = stub.clone();
+        gapped.resize(align_len(gapped.len(), 0x200).unwrap() as usize, 0);
+        let shift = gapped.len() - (stub.len() - 0x3161);
+        let mut moved = uki.clone();
+        for index in 1..6 {
+            let at = 0x58 + 240 + SECTION_HEADER_LEN * index + 20;
+            let raw = read_u32(&moved, at).unwrap();
+            write_u32(&mut moved, at, raw + shift as u32);
+        }
+        gapped[..0x400].copy_from_slice(&moved[..0x400]);
+        gapped.extend_from_slice(&uki[stub.len() - 0x3161..]);
+        assert_ne!(edk2_way(&gapped), in_file_order(&gapped));
+    }
+
+    #[test]
+    fn a_signature_comes_off_leaving_the_unsigned_image() {
+        let uki = build_uki(&minimal_pe(0x1000, 0x400), &PARTS).unwrap();
+        let mut signed = uki.clone();
+        signed.extend_from_slice(&[0u8; 8]); // padding to 8, as signers add
+        let table = signed.len() as u32;
+        signed.extend_from_slice(&[0x5a; 0x588]);
+        write_u32(&mut signed, 0x58 + 112 + 8 * SECURITY_DIRECTORY, table);
+        write_u32(&mut signed, 0x58 + 112 + 8 * SECURITY_DIRECTORY + 4, 0x588);
+        let unsigned = without_signature(&signed).unwrap();
+        let without_checksum = |pe: &[u8]| [&pe[..0x58 + 64], &pe[0x58 + 68..uki.len()]].concat();
+        assert_eq!(without_checksum(&unsigned), without_checksum(&uki), "the image before signing, and padding");
+        assert_eq!(unsigned.len(), uki.len() + 8);
+        assert_eq!(read_u32(&unsigned, 0x58 + 64).unwrap(), pe_checksum(&unsigned, 0x58 + 64));
+        assert!(format!("{:#}", without_signature(&unsigned).unwrap_err()).contains("not signed"));
+        let mut not_last = signed.clone();
+        not_last.push(0);
+        assert!(without_signature(&not_last).is_err());
     }
 
     #[test]

@@ -45,7 +45,7 @@ impl Cmd {
     }
 
     /// Runs the command without this variable of ours (e.g. SOURCE_DATE_EPOCH for a tool that refuses
-    /// it beside explicit time flags).
+    /// it beside explicit time flags). A variable also given to [`Cmd::env`] is set, whatever the order.
     pub fn env_remove(mut self, key: impl Into<OsString>) -> Self {
         self.env_remove.push(key.into());
         self
@@ -72,11 +72,13 @@ impl Cmd {
         if let Some(dir) = &self.dir {
             e = e.dir(dir);
         }
-        for k in &self.env_remove {
-            e = e.env_remove(k);
-        }
+        // duct applies the outermost layer first and each inner one after it, so the variables set
+        // go inside the removals: a variable both removed and set is set, as with spawn() below.
         for (k, v) in &self.env {
             e = e.env(k, v);
+        }
+        for k in &self.env_remove {
+            e = e.env_remove(k);
         }
         e
     }
@@ -285,5 +287,19 @@ impl Drop for Running {
         if let Ok(None) = self.child.try_wait() {
             self.kill();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_variable_removed_and_set_is_set_and_one_only_removed_is_gone() {
+        assert!(std::env::var_os("HOME").is_some(), "the test needs a variable the child inherits");
+        let shell = |c: Cmd| c.args(["-c", "printf %s \"${HOME-unset}\""]).read().unwrap();
+        assert_eq!(shell(cmd("/bin/sh").env_remove("HOME")), "unset");
+        assert_eq!(shell(cmd("/bin/sh").env_remove("HOME").env("HOME", "/set")), "/set");
+        assert_eq!(shell(cmd("/bin/sh").env("HOME", "/set").env_remove("HOME")), "/set");
     }
 }

@@ -2,9 +2,10 @@
 
 use anyhow::{Context, Result};
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
+use zeroize::Zeroizing;
 
 /// Creates `dir` and its parents if missing, and hands it back.
 pub fn ensure_dir(dir: &Path) -> Result<&Path> {
@@ -61,6 +62,43 @@ fn replace(path: &Path, contents: &[u8], sync: bool) -> Result<()> {
         .with_context(|| format!("writing {}", temp.path().display()))?;
     temp.persist(path).map_err(|e| e.error).with_context(|| format!("replacing {}", path.display()))?;
     Ok(())
+}
+
+/// Writes a file through a temporary file created with `mode` from the start (so a secret key is
+/// never readable by others, not even for a moment), then renames it into place; without `replace`,
+/// an existing file is never overwritten (even one created meanwhile).
+pub fn write_with_mode(path: &Path, contents: &[u8], mode: u32, replace: bool) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut temp = tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .permissions(fs::Permissions::from_mode(mode))
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    temp.write_all(contents)
+        .and_then(|()| temp.as_file().sync_all())
+        .with_context(|| format!("writing {}", temp.path().display()))?;
+    let persisted = if replace { temp.persist(path) } else { temp.persist_noclobber(path) };
+    persisted.map_err(|e| e.error).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Reads a secret (`what`: "secret key", "Secure Boot db key"), refusing a file that group or others
+/// may access. The mode is checked on the open handle, so the file judged is the file read.
+pub fn read_secret(path: &Path, what: &str) -> Result<Zeroizing<String>> {
+    let mut file = fs::File::open(path).with_context(|| format!("opening {what} {}", path.display()))?;
+    let mode = file.metadata().with_context(|| format!("reading the metadata of {what} {}", path.display()))?.mode();
+    if mode & 0o077 != 0 {
+        anyhow::bail!(
+            "{}: {what} file has mode {:04o}, which lets group or others access it; run `chmod 600 {}` (and \
+             consider the key leaked if others could read it)",
+            path.display(),
+            mode & 0o7777,
+            path.display()
+        );
+    }
+    let mut text = Zeroizing::new(String::new());
+    file.read_to_string(&mut text).with_context(|| format!("reading {what} {}", path.display()))?;
+    Ok(text)
 }
 
 /// The prefix of [`write_atomic`]'s temporary files, for cleaning up after an interrupted run.

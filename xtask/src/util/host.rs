@@ -5,9 +5,10 @@
 
 use super::cmd::cmd;
 use super::deb822;
+use super::paths::tools_dir;
 use super::progress;
 use anyhow::{bail, Context, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 const SOURCES_LIST: &str = "/etc/apt/sources.list";
 const SOURCES_DIR: &str = "/etc/apt/sources.list.d";
@@ -128,69 +129,117 @@ pub fn host_uri(suite: &str) -> Result<String> {
     })
 }
 
-/// Something the host must have: a file (a program, a firmware image, a library) and its package, or
-/// (when no file tells, as for a toolchain that replaces another at the same paths) the package itself.
+/// Something the host must have: a file (a program, a firmware image, a library) and what provides it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Requirement {
-    /// An absolute path, or a program name looked up on PATH; None: the package must be installed.
-    pub file: Option<String>,
-    /// Debian package that provides it, with `:arm64` for foreign-arch packages.
+    /// An absolute path, or a program name looked up on PATH.
+    pub file: String,
+    /// The Debian package that provides it (with `:arm64` for foreign-arch packages), or for
+    /// [`Source::Pip`] the pinned PyPI requirement ("virt-firmware==26.10").
     pub package: String,
     /// What needs it, for the message.
     pub why: &'static str,
+    pub source: Source,
+}
+
+/// Where a requirement comes from, and so how its presence is judged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A Debian package, present when `file` is.
+    Apt,
+    /// A Debian package without a file worth naming (python3-venv), present when dpkg says installed.
+    AptPackage,
+    /// A pinned PyPI package in its own virtualenv under [`tools_dir`], made with Debian's python3;
+    /// present when its install finished and `file` (its program) is there.
+    Pip,
 }
 
 pub fn req(file: impl Into<String>, package: impl Into<String>, why: &'static str) -> Requirement {
-    Requirement { file: Some(file.into()), package: package.into(), why }
+    Requirement { file: file.into(), package: package.into(), why, source: Source::Apt }
 }
 
-/// A package that must be installed, whatever files other packages provide at its paths.
-pub fn pkg_req(package: impl Into<String>, why: &'static str) -> Requirement {
-    Requirement { file: None, package: package.into(), why }
+/// A Debian package that must be installed (checked with dpkg, not by a file).
+pub fn pkg_req(package: &str, why: &'static str) -> Requirement {
+    Requirement { file: package.to_string(), package: package.to_string(), why, source: Source::AptPackage }
 }
 
-impl Requirement {
-    fn present(&self) -> bool {
-        match &self.file {
-            Some(file) if file.starts_with('/') => Path::new(file).exists(),
-            Some(file) => super::cmd::Cmd::exists(file),
-            None => {
-                // Qualified with an arch: a Multi-Arch package installed for two arches answers twice.
-                let package = if self.package.contains(':') {
-                    self.package.clone()
-                } else {
-                    match cmd("dpkg").arg("--print-architecture").read() {
-                        Ok(native) => format!("{}:{}", self.package, native.trim()),
-                        Err(_) => return false,
-                    }
-                };
-                cmd("dpkg-query")
-                    .args(["-W", "-f=${db:Status-Status}", &package])
-                    .read()
-                    .is_ok_and(|status| status.trim() == "installed")
-            }
+/// `program` from the pinned PyPI requirement `spec` ("virt-firmware==26.10"), pip-installed into a
+/// virtualenv of its own when missing. Run it as [`pip_program`]`(spec, program)`.
+pub fn pip_req(spec: &str, program: &str, why: &'static str) -> Requirement {
+    Requirement {
+        file: pip_program(spec, program).display().to_string(),
+        package: spec.to_string(),
+        why,
+        source: Source::Pip,
+    }
+}
+
+/// Where [`pip_req`] installs `program` of `spec`: tools_dir()/<name>-<version>/bin/<program>.
+pub fn pip_program(spec: &str, program: &str) -> PathBuf {
+    venv_dir(spec).join("bin").join(program)
+}
+
+fn venv_dir(spec: &str) -> PathBuf {
+    tools_dir().join(spec.replace("==", "-"))
+}
+
+/// Written last into a virtualenv: without it, an install was interrupted and is done again.
+const INSTALLED_MARKER: &str = ".installed";
+/// Debian's interpreter (not whichever python3 is first on PATH) makes the virtualenvs.
+const PYTHON: &str = "/usr/bin/python3";
+
+fn present(r: &Requirement) -> bool {
+    match r.source {
+        Source::Apt if r.file.starts_with('/') => Path::new(&r.file).exists(),
+        Source::Apt => super::cmd::Cmd::exists(&r.file),
+        Source::AptPackage => cmd("dpkg-query")
+            .args(["-W", "-f=${Status}", &r.package])
+            .read()
+            .is_ok_and(|status| status.trim_end().ends_with(" installed")),
+        Source::Pip => venv_dir(&r.package).join(INSTALLED_MARKER).exists() && Path::new(&r.file).exists(),
+    }
+}
+
+/// Installs what every missing requirement needs (apt packages, then pip packages), or does nothing
+/// when all are present.
+pub fn ensure(reqs: &[Requirement]) -> Result<()> {
+    let missing: Vec<&Requirement> = reqs.iter().filter(|r| !present(r)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let pip: Vec<&Requirement> = missing.iter().copied().filter(|r| r.source == Source::Pip).collect();
+    let mut apt: Vec<Requirement> = missing.iter().filter(|r| r.source != Source::Pip).map(|r| (*r).clone()).collect();
+    if !pip.is_empty() {
+        let python = [
+            req(PYTHON, "python3", "making virtualenvs for pip-installed host tools"),
+            pkg_req("python3-venv", "making virtualenvs for pip-installed host tools"),
+        ];
+        apt.extend(python.into_iter().filter(|r| !present(r)));
+    }
+    install_apt(&apt)?;
+    let mut done = Vec::new();
+    for r in pip {
+        if !done.contains(&&r.package) {
+            install_pip(r)?;
+            done.push(&r.package);
         }
     }
-
-    /// What is missing, for the message.
-    fn missing(&self) -> &str {
-        self.file.as_deref().unwrap_or("the package")
+    let still: Vec<&str> = reqs.iter().filter(|r| !present(r)).map(|r| r.file.as_str()).collect();
+    if !still.is_empty() {
+        bail!("installed the missing host tools but still missing: {}", still.join(", "));
     }
+    Ok(())
 }
 
-/// Installs the packages behind every missing requirement, or does nothing when all are present.
-pub fn ensure(reqs: &[Requirement]) -> Result<()> {
-    let mut missing: Vec<&Requirement> = reqs.iter().filter(|r| !r.present()).collect();
-    missing.sort_by(|a, b| a.package.cmp(&b.package));
-    missing.dedup_by(|a, b| a.package == b.package);
+fn install_apt(missing: &[Requirement]) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
     let mut packages: Vec<String> = missing.iter().map(|r| r.package.clone()).collect();
     packages.sort();
     packages.dedup();
-    for r in &missing {
-        progress::note(format!("installing {} for {} (missing {})", r.package, r.why, r.missing()));
+    for r in missing {
+        progress::note(format!("installing {} for {} (missing {})", r.package, r.why, r.file));
     }
     if !is_root() {
         bail!(
@@ -210,13 +259,34 @@ pub fn ensure(reqs: &[Requirement]) -> Result<()> {
         .args(&packages)
         .env("DEBIAN_FRONTEND", "noninteractive")
         .run()
-        .with_context(|| format!("installing host tools {}", packages.join(" ")))?;
-    let still: Vec<String> =
-        reqs.iter().filter(|r| !r.present()).map(|r| format!("{} ({})", r.missing(), r.package)).collect();
-    if !still.is_empty() {
-        bail!("installed {} but still missing: {}", packages.join(" "), still.join(", "));
+        .with_context(|| format!("installing host tools {}", packages.join(" ")))
+}
+
+/// A fresh virtualenv (Debian's python3 forbids pip in the system one, PEP 668) with the pinned
+/// requirement installed by pip from PyPI, saying so.
+fn install_pip(r: &Requirement) -> Result<()> {
+    let dir = venv_dir(&r.package);
+    progress::note(format!(
+        "installing {} with pip into {} for {} (missing {})",
+        r.package,
+        dir.display(),
+        r.why,
+        r.file
+    ));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing the unfinished {}", dir.display()))?;
     }
-    Ok(())
+    cmd(PYTHON)
+        .args(["-m", "venv"])
+        .arg(&dir)
+        .run()
+        .with_context(|| format!("creating the virtualenv {}", dir.display()))?;
+    cmd(dir.join("bin/python3"))
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input", &r.package])
+        .run()
+        .with_context(|| format!("installing {} with pip", r.package))?;
+    std::fs::write(dir.join(INSTALLED_MARKER), &r.package)
+        .with_context(|| format!("writing {}", dir.join(INSTALLED_MARKER).display()))
 }
 
 /// A tool Debian does not package (Garage), built from crates.io with `cargo install --locked` at
@@ -367,6 +437,16 @@ deb http://mirror.invalid/debian bookworm main contrib # trailing comment
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[1].origin, "sources.list:4");
         assert_eq!(pick(&entries, "bookworm").as_deref(), Some("http://mirror.invalid/debian"));
+    }
+
+    #[test]
+    fn pip_tools_live_in_a_virtualenv_named_after_the_pinned_version() {
+        let r = pip_req("virt-firmware==26.10", "virt-fw-vars", "test");
+        assert!(r.file.ends_with("/nodeimg/tools/virt-firmware-26.10/bin/virt-fw-vars"), "{}", r.file);
+        assert_eq!(r.file, pip_program("virt-firmware==26.10", "virt-fw-vars").display().to_string());
+        assert_eq!(r.source, Source::Pip);
+        assert!(present(&pkg_req("dpkg", "test")), "dpkg is installed wherever dpkg-query runs");
+        assert!(!present(&pkg_req("no-such-package-xyz", "test")));
     }
 
     #[test]
