@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use sha2::Digest;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 fn check_disk_formats(dir: &Path, base: &str, arch: &str) {
@@ -304,7 +305,10 @@ fn build_check_and_boot(arch: &str) {
     assert_eq!(manifest["arch"], arch);
     for artifact in manifest["artifacts"].as_array().unwrap() {
         let path = dir.join(artifact["file"].as_str().unwrap());
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), artifact["size"].as_u64().unwrap(), "{}", path.display());
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.len(), artifact["size"].as_u64().unwrap(), "{}", path.display());
+        // Published for anyone to download and check: readable by all, like any release file.
+        assert_eq!(meta.permissions().mode() & 0o777, 0o644, "{}", path.display());
     }
     assert!(!std::fs::read_dir(&dir).unwrap().any(|e| e
         .unwrap()

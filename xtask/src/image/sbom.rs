@@ -137,17 +137,11 @@ struct ExtractedLicense {
     extracted_text: String,
 }
 
-/// Writes the SBOM for `input` to `out` (through a temporary file, so `out` is whole or absent).
+/// Writes the SBOM for `input` to `out` (through a temporary file, so `out` is whole or absent, and
+/// 0644 like every other artifact).
 pub fn write(out: &Path, input: &Input) -> Result<()> {
     let text = document_json(input).with_context(|| format!("making the SBOM {}", out.display()))?;
-    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut temp = tempfile::Builder::new()
-        .prefix(".sbom-")
-        .tempfile_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    std::io::Write::write_all(&mut temp, text.as_bytes()).with_context(|| format!("writing {}", out.display()))?;
-    temp.persist(out).map_err(|e| e.error).with_context(|| format!("writing {}", out.display()))?;
-    Ok(())
+    crate::util::fs::write_atomic(out, text.as_bytes())
 }
 
 /// The SBOM's text: pretty-printed JSON with a final newline.
