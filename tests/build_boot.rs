@@ -262,7 +262,7 @@ fn check_secure_boot(boot: &serde_json::Value, dir: &Path) {
     assert_eq!(status["enabled"], true, "{status}");
     assert_eq!(status["setup_mode"], false, "{status}");
     assert_eq!(status["lockdown"], "integrity", "{status}");
-    let log = std::fs::read_to_string(dir.join("boot-secure-boot.log")).unwrap();
+    let log = std::fs::read_to_string(dir.join("boot-secure-boot-worker.log")).unwrap();
     assert!(log.contains("secureboot: Secure boot enabled"), "{log}");
     let refused: Vec<&str> =
         boot["refusals"].as_array().unwrap().iter().map(|r| r["image"].as_str().unwrap()).collect();
@@ -338,7 +338,11 @@ fn build_check_and_boot(arch: &str) {
         "--secure-boot",
     ]));
     let boot: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    check_node(&boot, &manifest, arch);
+    // One node, the worker, boots under Secure Boot: the refusals' positive control.
+    let nodes = boot["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 1, "{}", boot["nodes"]);
+    assert_eq!(nodes[0]["role"], "worker");
+    check_node(&nodes[0], &manifest, arch);
     check_secure_boot(&boot, &dir);
 
     // Nothing changed: nothing is downloaded, and the outputs are the same bytes. This time with a
