@@ -31,7 +31,6 @@
 mod api;
 mod applet;
 mod cgroups;
-#[allow(dead_code)] // the machine config's parser; its caller comes with the network and config work
 mod config;
 mod config_source;
 mod console;
