@@ -324,8 +324,9 @@ fn build_check_and_boot(arch: &str) {
     check_roles(&boot, &manifest, arch);
     assert_eq!(boot["status"]["secure_boot"]["enabled"], false, "{}", boot["status"]["secure_boot"]);
     assert_eq!(boot["status"]["secure_boot"]["lockdown"], "none", "{}", boot["status"]["secure_boot"]);
+    check_ram_proof(&boot, &dir);
     let log = std::fs::read_to_string(dir.join("boot-worker.log")).unwrap();
-    for line in [protocol::STATUS, protocol::SHUTDOWN, protocol::SCRATCH_CLOSED] {
+    for line in [protocol::STATUS, protocol::SHUTDOWN, protocol::SCRATCH_CLOSED, protocol::SHRED_DONE] {
         assert!(log.contains(line), "boot-worker.log lacks {line}:\n{log}");
     }
     assert!(log.contains("[containerd] "), "containerd's output is not on the console:\n{log}");
@@ -371,6 +372,60 @@ fn build_check_and_boot(arch: &str) {
         "minisign refused the signed UKI: {}",
         String::from_utf8_lossy(&minisign.stderr)
     );
+}
+
+/// The first role carries the RAM proof: the marker in the running node's dump, none after shredding;
+/// the others report the marker absent. No dump and no nonce are left behind.
+fn check_ram_proof(boot: &serde_json::Value, dir: &Path) {
+    let nodes = boot["nodes"].as_array().unwrap();
+    let ram = &nodes[0]["ram"];
+    let running = &ram["running"]["Ok"];
+    assert!(running["marker_offset"].is_u64(), "positive control not found: {ram}");
+    assert!(running["size_bytes"].as_u64().unwrap() >= 1 << 30, "{ram}");
+    let after = &ram["after_shred"]["Ok"];
+    assert!(after["marker_offset"].is_null() && after["nonzero_bytes"].as_u64().unwrap() > 0, "{ram}");
+    assert_eq!(nodes[0]["status"]["ram_marker"]["state"], "held");
+    assert!(nodes[0]["shutdown_ms"].is_u64(), "{}", nodes[0]);
+    for node in &nodes[1..] {
+        assert_eq!(node["status"]["ram_marker"]["state"], "absent", "{}", node["status"]["ram_marker"]);
+        assert!(node["ram"].is_null());
+    }
+    let left: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".ram-proof-"))
+        .collect();
+    assert!(left.is_empty(), "the RAM proof left {left:?} in {}", dir.display());
+}
+
+/// Shredding off (`machined.shred=off` in the spec's kernel arguments: no tmpfs unmount, the marker
+/// file kept, no page-cache drop) must make boot-test fail on the post-shred dump, naming the offset:
+/// the proof can fail. amd64, which boots faster.
+#[test]
+fn shredding_off_leaves_the_marker_in_memory_and_boot_test_names_its_offset() {
+    host_tools();
+    let _heavy = heavy();
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = spec_copy(tmp.path());
+    let text = std::fs::read_to_string(&spec).unwrap();
+    let off = text.replacen(
+        "kernel-args = [\"panic=-1\",",
+        &format!("kernel-args = [\"{}\", \"panic=-1\",", protocol::SHRED_OFF_FLAG),
+        1,
+    );
+    assert_ne!(off, text, "the spec's kernel-args line no longer starts with panic=-1");
+    std::fs::write(&spec, off).unwrap();
+    let out = tmp.path().join("out");
+    succeeds(xtask().arg("--spec").arg(&spec).arg("--out-dir").arg(&out).args(["build-image", "--arch", "amd64"]));
+    let stderr =
+        fails(xtask().arg("--spec").arg(&spec).arg("--out-dir").arg(&out).args(["boot-test", "--arch", "amd64"]));
+    assert!(
+        stderr.contains("the post-shred memory dump") && stderr.contains("holds the RAM marker at offset "),
+        "{stderr}"
+    );
+    assert!(stderr.contains("memory was not shredded"), "{stderr}");
+    // The positive control held: the failure is the shredding's, not a missing marker.
+    assert!(!stderr.contains("positive control failed"), "{stderr}");
 }
 
 #[test]

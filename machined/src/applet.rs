@@ -2,10 +2,12 @@
 //! component), as busybox does: PID 1 under any other name, and helpers that reach its copy in the
 //! root under another name: the kernel's modprobe helper (a link, modprobe.rs) and `shutdown`, which
 //! a service binds it as (Talos's qemu-guest-agent.yaml binds /sbin/init as /sbin/shutdown) and which
-//! asks machined over its API socket (machine_api.rs). [`dispatch`] runs first in main().
+//! asks machined over its API socket (machine_api.rs), and `ram-marker-holder`, the child PID 1 starts
+//! in a test boot to keep the RAM marker in memory (ram_marker.rs). [`dispatch`] runs first in main().
 
 use crate::machine_api::{self, Request};
 use crate::modprobe;
+use crate::protocol::RAM_MARKER_HOLDER;
 use std::ffi::CStr;
 use std::os::raw::{c_char, c_int};
 
@@ -29,6 +31,7 @@ pub fn dispatch(args: &[String]) -> Option<i32> {
     let program = args.first()?.rsplit('/').next().unwrap_or_default();
     let applet: fn(&[String]) -> Result<(), String> = match program {
         "modprobe" => return Some(modprobe::main(&args[1..])),
+        RAM_MARKER_HOLDER => return Some(crate::ram_marker::holder_main()),
         "shutdown" => shutdown,
         _ => return None,
     };

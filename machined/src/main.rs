@@ -52,6 +52,7 @@ mod node;
 mod parse;
 #[allow(dead_code)] // some of the contract is for the builder's side only
 mod protocol;
+mod ram_marker;
 mod root;
 mod scratch;
 mod secure_boot;
@@ -64,7 +65,7 @@ mod sys;
 
 use fallible::{Context, Fallible};
 use node::Node;
-use protocol::{FLOOR, FLOOR_FLAG, NETWORK_WAIT_ARG, SCRATCH, SHUTDOWN, SMOKE_FLAG, STATUS};
+use protocol::{FLOOR, FLOOR_FLAG, NETWORK_WAIT_ARG, SCRATCH, SHRED_OFF_FLAG, SHUTDOWN, SMOKE_FLAG, STATUS};
 use services::{Isolation, Supervisor};
 use status::{ContainerdStatus, ExtensionStatus, Status};
 use std::fs::{self, OpenOptions};
@@ -191,6 +192,11 @@ fn boot(init_start: u64, sigmask: &sys::sigset_t) -> Fallible<Option<(Node, bool
     let writable = kubernetes::mount_writable_paths();
     let files = loaded.config().map(|c| config::apply_files(&c.files)).unwrap_or_default();
     services::create_node_files();
+    // The RAM marker (test boots only): its holder runs before the status is reported.
+    modules.wait_for(&["qemu_fw_cfg"])?;
+    let ram_marker = ram_marker::start();
+    let shred = !parse::cmdline_has(&cmdline, SHRED_OFF_FLAG);
+    let shred_pause = ram_marker::shred_pause();
     // Before any service starts: Talos's specs depend on the socket's path.
     let api = machine_api::Api::listen()?;
 
@@ -213,6 +219,7 @@ fn boot(init_start: u64, sigmask: &sys::sigset_t) -> Fallible<Option<(Node, bool
     let secure_boot = secure_boot::read();
 
     let mut node = Node::new(sigmask, supervisor, api, scratch, containerd_state)?;
+    node.shred_at_shutdown(shred, shred_pause.clone().unwrap_or(None));
     node.watch_network(network, Duration::from_secs(network_wait), loaded.config().is_some());
     let ready = node.wait_until_ready(&mut milestones);
     let mounts = fs::read_to_string("/proc/self/mounts").ctx(|| "read /proc/self/mounts".into())?;
@@ -252,6 +259,7 @@ fn boot(init_start: u64, sigmask: &sys::sigset_t) -> Fallible<Option<(Node, bool
             ("config", loaded.json(&files)),
             ("kubernetes", kubernetes::json(&prepared, &writable)),
             ("modules_on_demand", modprobe::json(&modprobe_helper)),
+            ("ram_marker", ram_marker::json(&ram_marker, shred, &shred_pause)),
         ],
     };
     let status = node.refreshed(status);

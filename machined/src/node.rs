@@ -9,7 +9,9 @@ use crate::console;
 use crate::facts::{Facts, NetworkFacts};
 use crate::fallible::{Context, Fallible};
 use crate::machine_api::{self, Api, PowerAction, Request};
-use crate::protocol::{NOT_READY, SCRATCH_CLOSED, SCRATCH_CLOSE_FAILED, SHUTDOWN};
+use crate::protocol::{
+    NOT_READY, RAM_MARKER_FILE, SCRATCH_CLOSED, SCRATCH_CLOSE_FAILED, SHRED_DONE, SHRED_OFF_FLAG, SHUTDOWN,
+};
 use crate::services::Supervisor;
 use crate::status::{self, ContainerdStatus, Status};
 use crate::{api, containerd, devices, json, modprobe, network, parse, scratch, sys};
@@ -52,6 +54,10 @@ pub struct Node {
     status: Option<(Status, api::Latest)>,
     last_refresh: Instant,
     modprobe_helper: Result<(), String>,
+    /// Whether the shutdown shreds memory (off only with `machined.shred=off`, for the test that
+    /// proves the memory scan can fail), and how long a test boot waits after shredding.
+    shred: bool,
+    shred_pause: Option<Duration>,
 }
 
 impl Node {
@@ -84,6 +90,8 @@ impl Node {
             status: None,
             last_refresh: Instant::now(),
             modprobe_helper: Ok(()),
+            shred: true,
+            shred_pause: None,
         })
     }
 
@@ -93,6 +101,12 @@ impl Node {
         self.network = Some(network);
         self.network_wait = wait;
         self.configured = configured;
+    }
+
+    /// Whether the shutdown shreds memory, and the pause after it a test boot asked for.
+    pub fn shred_at_shutdown(&mut self, shred: bool, pause: Option<Duration>) {
+        self.shred = shred;
+        self.shred_pause = pause;
     }
 
     /// What the services' dependencies are judged against now.
@@ -326,8 +340,10 @@ impl Node {
     }
 
     /// Reports the reason, stops the services and every other process, closes the scratch disk
-    /// (dropping its key) and powers off or reboots.
+    /// (dropping its key), shreds what memory held (see [`shred_memory`]), reports that with the time
+    /// it all took, and powers off or reboots.
     pub fn shutdown(&mut self, reason: &str, action: PowerAction) -> ! {
+        let began = Instant::now();
         console::write(format!("{SHUTDOWN} reason={reason}\n").as_bytes());
         self.supervisor.stop_all(SERVICE_STOP_GRACE, reap);
         for (sig, grace) in [(sys::SIGTERM, Duration::from_secs(3)), (sys::SIGKILL, Duration::from_secs(1))] {
@@ -349,11 +365,61 @@ impl Node {
                 Err(e) => console::write(format!("{SCRATCH_CLOSE_FAILED} {e}\n").as_bytes()),
             }
         }
+        let done = if self.shred {
+            shred_memory()
+        } else {
+            format!("skipped ({SHRED_OFF_FLAG}): tmpfs mounts, {RAM_MARKER_FILE} and the page cache kept")
+        };
+        console::write(format!("{SHRED_DONE} ms={} {done}\n", began.elapsed().as_millis()).as_bytes());
+        if let Some(pause) = self.shred_pause {
+            // A test boot's host dumps the memory now (its fw_cfg asked for this pause).
+            std::thread::sleep(pause);
+        }
         match action {
             PowerAction::PowerOff => console::power_off(),
             PowerAction::Reboot => console::reboot(),
         }
     }
+}
+
+/// After every process but PID 1 is gone and the scratch disk is closed: removes the RAM marker's
+/// file, unmounts every tmpfs (last mounted first; a busy one is detached and freed when its last
+/// user goes), syncs and drops the page cache. With init_on_free=1 the kernel zeroes each page as it
+/// is freed, so what these pages held is gone once this returns. Returns what was done, for the
+/// console.
+fn shred_memory() -> String {
+    let mut done = Vec::new();
+    match fs::remove_file(RAM_MARKER_FILE) {
+        Ok(()) => done.push(format!("removed {RAM_MARKER_FILE}")),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => done.push(format!("cannot remove {RAM_MARKER_FILE}: {e}")),
+    }
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let (mut unmounted, mut detached, mut failed) = (Vec::new(), Vec::new(), Vec::new());
+    for target in parse::mounts_of_type(&mounts, "tmpfs") {
+        match sys::do_umount(&target, 0) {
+            Ok(()) => unmounted.push(target),
+            Err(e) if e.raw_os_error() == Some(sys::EBUSY) => match sys::do_umount(&target, sys::MNT_DETACH) {
+                Ok(()) => detached.push(target),
+                Err(e) => failed.push(format!("{target}: {e}")),
+            },
+            Err(e) => failed.push(format!("{target}: {e}")),
+        }
+    }
+    done.push(format!("unmounted tmpfs {}", if unmounted.is_empty() { "none".into() } else { unmounted.join(",") }));
+    if !detached.is_empty() {
+        done.push(format!("detached busy tmpfs {}", detached.join(",")));
+    }
+    if !failed.is_empty() {
+        done.push(format!("cannot unmount {}", failed.join(", ")));
+    }
+    // SAFETY: sync has no preconditions.
+    unsafe { sys::sync() };
+    match fs::write("/proc/sys/vm/drop_caches", "3\n") {
+        Ok(()) => done.push("page cache dropped".into()),
+        Err(e) => done.push(format!("cannot drop the page cache: {e}")),
+    }
+    done.join("; ")
 }
 
 /// Reaps every exited child, handing services' exits to the supervisor.

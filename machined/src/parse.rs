@@ -281,6 +281,20 @@ pub fn mounts_under(mounts: &str, dir: &str) -> Vec<String> {
     found
 }
 
+/// Mount points of every `fstype` filesystem, last mounted first (so a mount below another comes
+/// before it).
+pub fn mounts_of_type(mounts: &str, fstype: &str) -> Vec<String> {
+    let mut found: Vec<String> = mounts
+        .lines()
+        .filter_map(|l| {
+            let fields: Vec<&str> = l.split(' ').collect();
+            (fields.get(2) == Some(&fstype)).then(|| unescape_mount_path(fields[1]))
+        })
+        .collect();
+    found.reverse();
+    found
+}
+
 /// Overlay mounts elsewhere whose upper layer lives at or below `dir` (the writable paths over the
 /// root keep theirs on /var), last mounted first: they hold `dir`'s filesystem busy.
 pub fn overlays_backed_by(mounts: &str, dir: &str) -> Vec<String> {
@@ -528,6 +542,13 @@ mod tests {
 
     #[test]
     fn mounts_below_a_directory_deepest_first() {
+        assert_eq!(
+            mounts_of_type(
+                "tmpfs /run tmpfs rw 0 0\ndevtmpfs /dev devtmpfs rw 0 0\ntmpfs /run/a\\040b tmpfs rw 0 0\n",
+                "tmpfs"
+            ),
+            ["/run/a b", "/run"]
+        );
         let mounts = "/dev/loop0 / squashfs ro 0 0\n/dev/dm-0 /var ext4 rw 0 0\nshm /var/lib/a\\040b tmpfs rw 0 0\n\
                       tmpfs /variable tmpfs rw 0 0\ntmpfs /var/lib/c tmpfs rw 0 0\n";
         assert_eq!(mounts_under(mounts, "/var"), vec!["/var/lib/c", "/var/lib/a b", "/var"]);

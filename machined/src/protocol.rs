@@ -13,6 +13,12 @@ pub const SCRATCH: &str = "MACHINED-SCRATCH ";
 pub const SCRATCH_CLOSED: &str = "MACHINED-SCRATCH-CLOSED";
 /// `MACHINED-SCRATCH-CLOSE-FAILED <error>`: closing the scratch disk failed; a boot that shows it failed.
 pub const SCRATCH_CLOSE_FAILED: &str = "MACHINED-SCRATCH-CLOSE-FAILED";
+/// `MACHINED-SHRED-DONE ms=<ms since the shutdown began> <what was done>`: the shutdown's shredding is
+/// over (services and every other process gone, machined's tmpfs mounts unmounted, the scratch disk
+/// closed, the page cache dropped); after it only the power-off (or, in a test boot given
+/// [`SHRED_PAUSE_FW_CFG`], a pause for the host's memory dump). With [`SHRED_OFF_FLAG`] the line says
+/// `skipped`.
+pub const SHRED_DONE: &str = "MACHINED-SHRED-DONE";
 /// `MACHINED-SERVICE name=<name> <event>`: a supervised service started, exited or is restarting.
 pub const SERVICE: &str = "MACHINED-SERVICE name=";
 /// The event text of a service exit that will be followed by a restart.
@@ -27,10 +33,30 @@ pub const NOT_READY: &str = "MACHINED-NOT-READY";
 /// The scratch-disk marker machined writes to /var starts with this; the rest is random hex.
 pub const MARKER_PREFIX: &str = "NODEIMG-MARKER-";
 
+/// The RAM marker machined derives from the host's nonce (ram_marker.rs): this prefix and the hex
+/// sha256 of the nonce. It is never printed; the host computes it too and looks for it in memory dumps.
+pub const RAM_MARKER_PREFIX: &str = "NODEIMG-RAM-MARKER-";
+/// The nonce's size in bytes; anything else is reported as invalid and no marker is made.
+pub const RAM_NONCE_BYTES: usize = 32;
+/// QEMU fw_cfg entries a test boot gets (`-fw_cfg name=<entry>,file=<host file>`), never part of the
+/// signed image: a fresh random nonce for the RAM marker, and the seconds machined waits after
+/// [`SHRED_DONE`] before powering off (so the host can dump the memory). Production boots have neither.
+pub const RAM_NONCE_FW_CFG: &str = "opt/nodeimg/ram-nonce";
+pub const SHRED_PAUSE_FW_CFG: &str = "opt/nodeimg/shred-pause";
+/// Where the qemu_fw_cfg driver shows the entries: `<FW_CFG_BY_NAME>/<entry>/raw`.
+pub const FW_CFG_BY_NAME: &str = "/sys/firmware/qemu_fw_cfg/by_name";
+/// The tmpfs file that holds the RAM marker while the node runs (besides the holder's heap).
+pub const RAM_MARKER_FILE: &str = "/run/machined/ram-marker";
+/// The applet name (argv[0]) of the process that keeps the marker in its memory until it is killed.
+pub const RAM_MARKER_HOLDER: &str = "ram-marker-holder";
+
 /// Kernel argument: report at once and power off (bench's floor boot: firmware, stub, kernel, init).
 pub const FLOOR_FLAG: &str = "machined.floor=1";
 /// Kernel argument: shut down right after reporting the status.
 pub const SMOKE_FLAG: &str = "machined.smoke=1";
+/// Kernel argument: shut down without shredding (no tmpfs unmount, marker file kept, no page-cache
+/// drop). Only for the test that proves boot-test's memory scan can fail; never in a real image.
+pub const SHRED_OFF_FLAG: &str = "machined.shred=off";
 /// Kernel argument key: `machined.scratch-serial=<serial>` names the scratch disk by its serial.
 pub const SCRATCH_SERIAL_ARG: &str = "machined.scratch-serial";
 /// Kernel argument key: `machined.network-wait=<seconds>`, how long the node's readiness may wait for

@@ -13,7 +13,14 @@
 //!    runs /sbin/shutdown, machined's applet, which asks machined over its API socket), else the
 //!    ACPI power button (QMP system_powerdown).
 //! 5. The scratch disk image is scanned for the marker machined wrote to /var.
-//! 6. The verdict (verdict.rs) judges all of it at once: status, API, LAN, console, agent, scratch.
+//! 6. The verdict (verdict.rs) judges all of it at once: status, API, LAN, console, agent, scratch,
+//!    RAM.
+//!
+//! The first role's boot also proves RAM shredding (ram.rs): it is handed a fresh nonce and a shred
+//! pause through fw_cfg; its memory is dumped before step 4 (the marker must be there: the positive
+//! control) and again, frozen, once machined reports `MACHINED-SHRED-DONE` and before it powers off
+//! (the marker must be gone). The other roles get no nonce and must report the marker absent: two
+//! 1 GiB dumps under TCG cost about a boot's worth of time, so one role per arch carries the proof.
 //!
 //! Consoles are kept in out/<board>/boot-<role>.log; timings go in the report.
 //!
@@ -33,6 +40,7 @@ pub mod console;
 pub mod lan;
 pub mod qemu;
 pub mod qmp;
+pub mod ram;
 pub mod refusal;
 pub mod roles;
 pub mod scan;
@@ -40,7 +48,7 @@ pub mod verdict;
 
 use crate::disk::esp::build_esp;
 use crate::image::manifest::Manifest;
-use crate::spec::protocol::{CONFIG_OEM_STRING, CONFIG_VOLUME_LABEL, FLOOR, MARKER_PREFIX, STATUS};
+use crate::spec::protocol::{CONFIG_OEM_STRING, CONFIG_VOLUME_LABEL, FLOOR, MARKER_PREFIX, SHRED_DONE, STATUS};
 use crate::spec::workspace::Workspace;
 use crate::spec::Board;
 use crate::util::digest::sha256_file;
@@ -51,13 +59,14 @@ use base64::Engine;
 use lan::{Lan, LanLog};
 use qemu::{Accel, Firmware, Machine, NodeDevices};
 use qmp::{GuestAgent, Qmp};
+use ram::RamProof;
 use roles::{ConfigDelivery, Scenario};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use verdict::{Evidence, GuestAgentReport, RefusalProven, ScratchReport, ShutdownRequest, Status};
+use verdict::{Evidence, GuestAgentReport, RamReport, RefusalProven, ScratchReport, ShutdownRequest, Status};
 
 /// How to boot.
 #[derive(Clone, Copy, Debug)]
@@ -111,8 +120,13 @@ pub struct NodeReport {
     /// The shutdown reason machined reported, as requested: `machine-api-poweroff` (guest-shutdown through
     /// the guest agent) or `power-button`.
     pub shutdown: String,
-    /// Seconds from the shutdown request to QEMU's exit.
+    /// Seconds from the shutdown request to QEMU's exit (the first role's includes the RAM proof's
+    /// frozen dump and shred pause).
     pub poweroff_secs: f64,
+    /// machined's own time from the start of its shutdown sequence to `MACHINED-SHRED-DONE`, in ms.
+    pub shutdown_ms: Option<u64>,
+    /// The memory dumps and what they held, for the role that carries the RAM proof.
+    pub ram: Option<RamReport>,
     pub status: Status,
     /// The status as the node's API served it through the forward (the last fetch).
     pub api_status: Option<Status>,
@@ -170,8 +184,10 @@ pub fn boot_test(ws: &Workspace, board: &Board, options: &BootOptions) -> Result
         scenarios.truncate(1);
     }
     let mut nodes = Vec::new();
-    for scenario in &scenarios {
-        nodes.push(boot_node(board, &manifest, &disk, &dir, accel, &firmware, options, scenario)?);
+    // The first role carries the RAM proof: two memory dumps under TCG cost a boot's worth of time.
+    for (i, scenario) in scenarios.iter().enumerate() {
+        let prove_ram = i == 0 && !firmware.secure_boot;
+        nodes.push(boot_node(board, &manifest, &disk, &dir, accel, &firmware, options, scenario, prove_ram)?);
     }
 
     // 7. The refusals, now that the signed image has booted under the same firmware.
@@ -232,8 +248,8 @@ fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port on 127.0.0.1")?.local_addr()?.port())
 }
 
-/// One boot as `scenario`'s node: steps 1 to 6 of the module doc.
-#[allow(clippy::too_many_arguments)] // the boot's fixed parts, then what varies
+/// One boot as `scenario`'s node: steps 1 to 6 of the module doc, and the RAM proof when `prove_ram`.
+#[allow(clippy::too_many_arguments)] // the boot's inputs, each used once
 fn boot_node(
     board: &Board,
     manifest: &Manifest,
@@ -243,6 +259,7 @@ fn boot_node(
     firmware: &Firmware,
     options: &BootOptions,
     scenario: &Scenario,
+    prove_ram: bool,
 ) -> Result<NodeReport> {
     // 1. Config, LAN, boot.
     let timeout = options.timeout.unwrap_or(Duration::from_secs(board.file.qemu.boot_timeout_secs));
@@ -250,6 +267,7 @@ fn boot_node(
     let lan = Lan::start(scenario.offer.clone())?;
     let api_port = free_port()?;
     let scratch_image = dir.join("scratch.raw");
+    let ram_proof = if prove_ram { Some(RamProof::new(dir)?) } else { None };
     let devices = NodeDevices {
         scratch_disk: match &board.file.scratch_disk {
             Some(rule) => {
@@ -264,6 +282,7 @@ fn boot_node(
         lan_netdev: Some(lan.netdev("lan0")),
         config_volume: config_volume.clone(),
         oem_string_file: oem_string_file.clone(),
+        fw_cfg: ram_proof.as_ref().map(RamProof::fw_cfg).unwrap_or_default(),
     };
     let machine = Machine {
         board,
@@ -319,6 +338,12 @@ fn boot_node(
         _ => (None, None),
     };
 
+    // The RAM proof's positive control: the running node's memory holds the marker.
+    let running_dump = ram_proof.as_ref().map(|proof| {
+        step.set_message("dumping the running node's memory");
+        proof.dump_and_scan(&machine.qmp_socket, false).map_err(|e| format!("{e:#}"))
+    });
+
     // 4. Shutdown.
     let pressed = Instant::now();
     let shutdown = match (&devices.guest_agent_socket, &guest_agent) {
@@ -336,6 +361,27 @@ fn boot_node(
             ShutdownRequest::PowerButton
         }
     };
+    // The RAM proof's other half: frozen after shredding, before the power-off.
+    let ram = match (&ram_proof, running_dump) {
+        (Some(proof), Some(running)) => {
+            step.set_message("waiting for machined to shred, then dumping the memory");
+            let shred = console::wait_for_line(
+                &mut qemu,
+                &machine.serial_log,
+                &qemu_stderr,
+                Instant::now(),
+                POWEROFF_LIMIT,
+                SHRED_DONE,
+            );
+            let after_shred = match shred {
+                Ok(_) => Some(proof.dump_and_scan(&machine.qmp_socket, true).map_err(|e| format!("{e:#}"))),
+                Err(e) => Some(Err(format!("{e:#}"))),
+            };
+            Some(RamReport { running, after_shred })
+        }
+        _ => None,
+    };
+    drop(ram_proof);
     let exited = qemu.wait_timeout(POWEROFF_LIMIT)?;
     let poweroff = pressed.elapsed();
     step.done();
@@ -387,6 +433,7 @@ fn boot_node(
         log_path: &machine.serial_log,
         guest_agent: guest_agent.as_ref(),
         scratch: scratch.as_ref(),
+        ram: ram.as_ref(),
         api: &api_status,
         lan: &lan_log,
         expect: &scenario.expect,
@@ -401,6 +448,8 @@ fn boot_node(
         guest_agent_secs,
         shutdown: shutdown.reason().to_string(),
         poweroff_secs: poweroff.as_secs_f64(),
+        shutdown_ms: shutdown_ms(&log),
+        ram,
         status,
         api_status: api_status.ok(),
         renewed_after_secs,
@@ -411,6 +460,12 @@ fn boot_node(
         service_restarts: proven.service_restarts,
         log: machine.serial_log.clone(),
     })
+}
+
+/// The `ms=` of machined's `MACHINED-SHRED-DONE ms=<ms> ...` line.
+fn shutdown_ms(log: &str) -> Option<u64> {
+    let line = log.lines().find_map(|l| l.strip_prefix(SHRED_DONE))?;
+    line.split_whitespace().find_map(|w| w.strip_prefix("ms="))?.parse().ok()
 }
 
 /// The node's status from its API, through the forward on 127.0.0.1.

@@ -125,6 +125,8 @@ pub struct NodeDevices {
     pub config_volume: Option<PathBuf>,
     /// A file whose content becomes one SMBIOS OEM string (type 11).
     pub oem_string_file: Option<PathBuf>,
+    /// QEMU fw_cfg entries (`opt/...` name, host file): the RAM proof's nonce and shred pause.
+    pub fw_cfg: Vec<(String, PathBuf)>,
 }
 
 /// The NICs' MAC addresses, in PCI order (the node names them eth0 and eth1).
@@ -191,6 +193,9 @@ impl Machine<'_> {
         }
         if let Some(file) = &devices.oem_string_file {
             c = c.arg("-smbios").arg(format!("type=11,path={}", file.display()));
+        }
+        for (name, file) in &devices.fw_cfg {
+            c = c.arg("-fw_cfg").arg(format!("name={name},file={}", file.display()));
         }
         if let Some(socket) = &devices.guest_agent_socket {
             c = c

@@ -51,7 +51,25 @@ impl Qmp {
 
     /// Runs a command and returns its `return` value, skipping asynchronous events.
     pub fn execute(&mut self, command: &str) -> Result<serde_json::Value> {
-        writeln!(self.writer, "{}", serde_json::json!({ "execute": command })).context("writing to QMP")?;
+        self.send_and_wait(command, serde_json::json!({ "execute": command }))
+    }
+
+    /// Runs a command with arguments, waiting up to `limit` for its answer (a memory dump takes a
+    /// while), and returns its `return` value.
+    pub fn execute_with(
+        &mut self,
+        command: &str,
+        arguments: serde_json::Value,
+        limit: Duration,
+    ) -> Result<serde_json::Value> {
+        self.writer.set_read_timeout(Some(limit))?;
+        let answer = self.send_and_wait(command, serde_json::json!({ "execute": command, "arguments": arguments }));
+        self.writer.set_read_timeout(Some(Duration::from_secs(10)))?;
+        answer
+    }
+
+    fn send_and_wait(&mut self, command: &str, request: serde_json::Value) -> Result<serde_json::Value> {
+        writeln!(self.writer, "{request}").with_context(|| format!("writing {command} to QMP"))?;
         loop {
             let message = self.read_message()?;
             if let Some(value) = message.get("return") {

@@ -6,10 +6,11 @@
 use super::console::{check_crash_loops, scan_for_failures};
 use super::lan::{self, LanLog};
 use super::qemu::LAN_NIC_MAC;
+use super::ram::DumpScan;
 use super::roles::Expectation;
 use super::scan::Findings;
 use crate::image::manifest::Manifest;
-use crate::spec::protocol::{MARKER_PREFIX, SCRATCH_CLOSED, SHUTDOWN};
+use crate::spec::protocol::{MARKER_PREFIX, SCRATCH_CLOSED, SHRED_DONE, SHUTDOWN};
 use crate::spec::{Arch, Board};
 use anyhow::{bail, Result};
 use serde::Serialize;
@@ -88,6 +89,9 @@ pub struct Status {
     pub kubernetes: serde_json::Value,
     #[serde(default)]
     pub modules_on_demand: serde_json::Value,
+    /// The RAM marker: state held (with the holder's pid), absent (no nonce) or invalid; never the marker.
+    #[serde(default)]
+    pub ram_marker: serde_json::Value,
     #[serde(flatten)]
     pub rest: serde_json::Map<String, serde_json::Value>,
 }
@@ -208,6 +212,16 @@ impl ScratchReport {
     }
 }
 
+/// The RAM proof of one boot (ram.rs): a dump while the node ran and one after machined reported
+/// shredding done, each scanned for the marker (which is not kept here: the host computed it from
+/// the nonce and forgot both).
+#[derive(Debug, Serialize)]
+pub struct RamReport {
+    pub running: Result<DumpScan, String>,
+    /// None when the boot never got as far as the shred line.
+    pub after_shred: Option<Result<DumpScan, String>>,
+}
+
 /// Everything one boot left behind.
 pub struct Evidence<'a> {
     pub status: &'a Status,
@@ -218,6 +232,8 @@ pub struct Evidence<'a> {
     pub guest_agent: Option<&'a Result<GuestAgentReport, String>>,
     /// None when the board has no scratch disk.
     pub scratch: Option<&'a ScratchReport>,
+    /// None when this boot was given no nonce (then machined must report the marker absent).
+    pub ram: Option<&'a RamReport>,
     /// The status as the node's API served it through the forward, or why it did not.
     pub api: &'a Result<Status, String>,
     /// What the test LAN saw.
@@ -305,6 +321,7 @@ pub fn judge(evidence: &Evidence, manifest: &Manifest, board: &Board) -> Result<
         (None, Some(_)) => problems.push("the board has a scratch disk, but it was not scanned".to_string()),
         (None, None) => {}
     }
+    ram_problems(evidence, &mut problems);
 
     if !problems.is_empty() {
         bail!(
@@ -317,6 +334,49 @@ pub fn judge(evidence: &Evidence, manifest: &Manifest, board: &Board) -> Result<
         );
     }
     Ok(Proven { cmdline_required, service_restarts })
+}
+
+/// The shred line, and the RAM proof: the marker in the running node's memory (the positive control:
+/// without it a clean dump proves nothing) and nowhere in the memory after shredding.
+fn ram_problems(evidence: &Evidence, problems: &mut Vec<String>) {
+    if !evidence.log.lines().any(|l| l.starts_with(SHRED_DONE)) {
+        problems.push(format!("machined did not report shredding memory at shutdown ({SHRED_DONE})"));
+    }
+    let marker = &evidence.status.ram_marker;
+    let state = marker.get("state").and_then(|s| s.as_str()).unwrap_or_default();
+    let Some(ram) = evidence.ram else {
+        if state != "absent" {
+            problems.push(format!("given no nonce, machined must report the RAM marker absent, not {marker}"));
+        }
+        return;
+    };
+    if state != "held" {
+        problems.push(format!("given a nonce, machined reported no RAM marker held: {marker}"));
+    }
+    match &ram.running {
+        Err(e) => problems.push(format!("the memory dump of the running node failed: {e}")),
+        Ok(dump) if dump.marker_offset.is_none() => problems.push(format!(
+            "the running node's memory dump ({} bytes) does not hold the RAM marker: the positive control failed, \
+             so a clean dump after shredding would prove nothing",
+            dump.size_bytes
+        )),
+        Ok(_) => {}
+    }
+    match &ram.after_shred {
+        None => problems.push(format!("no memory dump was taken after machined's {SHRED_DONE} line")),
+        Some(Err(e)) => problems.push(format!("the memory dump after shredding failed: {e}")),
+        Some(Ok(dump)) => {
+            if let Some(offset) = dump.marker_offset {
+                problems.push(format!(
+                    "the post-shred memory dump ({} bytes) holds the RAM marker at offset {offset} ({offset:#x}): \
+                     memory was not shredded",
+                    dump.size_bytes
+                ));
+            } else if dump.nonzero_bytes == 0 {
+                problems.push("the post-shred memory dump is all zeros: it shows nothing".to_string());
+            }
+        }
+    }
 }
 
 /// What this role's node must show: its config, network, time, API, on-demand modules and the
@@ -764,7 +824,7 @@ mod tests {
 
     /// A status line as a healthy arm64 node prints it.
     fn status() -> Status {
-        serde_json::from_value(serde_json::json!({
+        let mut status: Status = serde_json::from_value(serde_json::json!({
             "arch": "arm64", "image": "node", "version": "1", "kernel": "6.1", "root_fstype": "overlay",
             "root_read_only": true, "root_write_errno": 30, "ready": true,
             "cmdline": "console=ttyAMA0 panic=-1 slab_nomerge init_on_free=1 module.sig_enforce=1 machined.scratch-serial=x",
@@ -804,7 +864,10 @@ mod tests {
             },
             "secure_boot": {"enabled": false, "setup_mode": true, "lockdown": "none", "errors": []},
         }))
-        .unwrap()
+        .unwrap();
+        status.ram_marker =
+            serde_json::json!({"state": "absent", "reason": "no fw_cfg entry opt/nodeimg/ram-nonce", "shred": true});
+        status
     }
 
     fn worker() -> Expectation {
@@ -815,7 +878,8 @@ mod tests {
         LanLog { renewals: 1, ntp_replies: 2, dhcp_clients: vec![LAN_NIC_MAC.to_string()], ..LanLog::default() }
     }
 
-    const LOG: &str = "MACHINED-STATUS {}\nMACHINED-SHUTDOWN reason=power-button\nMACHINED-SCRATCH-CLOSED ok\n";
+    const LOG: &str = "MACHINED-STATUS {}\nMACHINED-SHUTDOWN reason=power-button\nMACHINED-SCRATCH-CLOSED ok\n\
+                       MACHINED-SHRED-DONE ms=120 unmounted tmpfs /run; page cache dropped\n";
 
     fn findings(nonzero: u64, prefix: Option<u64>, marker: Option<u64>) -> Findings {
         Findings {
@@ -862,6 +926,7 @@ mod tests {
             log_path: Path::new("boot.log"),
             guest_agent: agent.as_ref(),
             scratch: Some(&scratch),
+            ram: None,
             api,
             lan,
             expect,
@@ -897,6 +962,7 @@ mod tests {
                 log_path: Path::new("boot.log"),
                 guest_agent: agent.as_ref(),
                 scratch: Some(&scratch),
+                ram: None,
                 api: &api,
                 lan: &lan,
                 expect: &expect,
@@ -1105,7 +1171,8 @@ mod tests {
     #[test]
     fn the_shutdown_reason_matches_the_request() {
         let clean = || ScratchReport::new(MARKER, &findings(5000, None, None));
-        let api_log = "MACHINED-SHUTDOWN reason=machine-api-poweroff (hypervisor initiated shutdown)\nMACHINED-SCRATCH-CLOSED ok\n";
+        let api_log = "MACHINED-SHUTDOWN reason=machine-api-poweroff (hypervisor initiated shutdown)\nMACHINED-SCRATCH-CLOSED ok\n\
+                       MACHINED-SHRED-DONE ms=80 ok\n";
         verdict_after(&status(), api_log, agent(false), clean(), ShutdownRequest::GuestAgent).unwrap();
         let err = format!(
             "{:#}",
@@ -1119,5 +1186,66 @@ mod tests {
         );
         let err = format!("{:#}", verdict(&status(), api_log, agent(false), clean()).unwrap_err());
         assert!(err.contains("not \"MACHINED-SHUTDOWN reason=power-button\""), "{err}");
+    }
+
+    /// The RAM proof: a held marker found while running and absent after shredding passes; each way
+    /// it can fail is named, the post-shred hit with its offset.
+    #[test]
+    fn every_way_the_ram_proof_can_fail_is_reported() {
+        let dump = |offset: Option<u64>| DumpScan {
+            size_bytes: 1 << 30,
+            nonzero_bytes: 1 << 20,
+            dump_secs: 2.0,
+            scan_secs: 1.0,
+            marker_offset: offset,
+        };
+        let mut held = status();
+        held.ram_marker = serde_json::json!({"state": "held", "holder_pid": 300, "shred": true});
+        let judge_ram = |status: &Status, log: &str, ram: Option<&RamReport>| {
+            let scratch = ScratchReport::new(MARKER, &findings(5000, None, None));
+            let evidence = Evidence {
+                status,
+                log,
+                log_path: Path::new("boot.log"),
+                guest_agent: None,
+                scratch: Some(&scratch),
+                ram,
+                api: &Ok(status.clone()),
+                lan: &lan_log(),
+                expect: &worker(),
+                role: "worker",
+                shutdown: ShutdownRequest::PowerButton,
+                secure_boot: false,
+            };
+            judge(&evidence, &manifest(), &board()).map(|_| ()).map_err(|e| format!("{e:#}"))
+        };
+        let proof = |running, after| RamReport { running, after_shred: after };
+        judge_ram(&held, LOG, Some(&proof(Ok(dump(Some(4096))), Some(Ok(dump(None)))))).unwrap();
+        judge_ram(&status(), LOG, None).unwrap();
+
+        let err =
+            judge_ram(&held, LOG, Some(&proof(Ok(dump(Some(4096))), Some(Ok(dump(Some(0x1234_5678))))))).unwrap_err();
+        assert!(
+            err.contains("holds the RAM marker at offset 305419896 (0x12345678): memory was not shredded"),
+            "{err}"
+        );
+        let err = judge_ram(&held, LOG, Some(&proof(Ok(dump(None)), Some(Ok(dump(None)))))).unwrap_err();
+        assert!(err.contains("the positive control failed"), "{err}");
+        let err = judge_ram(&held, LOG, Some(&proof(Err("QMP gone".into()), None))).unwrap_err();
+        assert!(err.contains("dump of the running node failed: QMP gone"), "{err}");
+        assert!(err.contains("no memory dump was taken after"), "{err}");
+        let err = judge_ram(&held, LOG, Some(&proof(Ok(dump(Some(1))), Some(Err("exited".into()))))).unwrap_err();
+        assert!(err.contains("dump after shredding failed: exited"), "{err}");
+        let mut blank = dump(None);
+        blank.nonzero_bytes = 0;
+        let err = judge_ram(&held, LOG, Some(&proof(Ok(dump(Some(1))), Some(Ok(blank))))).unwrap_err();
+        assert!(err.contains("all zeros"), "{err}");
+        let err = judge_ram(&status(), LOG, Some(&proof(Ok(dump(Some(1))), Some(Ok(dump(None)))))).unwrap_err();
+        assert!(err.contains("reported no RAM marker held"), "{err}");
+        let err = judge_ram(&held, LOG, None).unwrap_err();
+        assert!(err.contains("must report the RAM marker absent"), "{err}");
+        let no_shred = LOG.lines().filter(|l| !l.starts_with(SHRED_DONE)).collect::<Vec<_>>().join("\n");
+        let err = judge_ram(&status(), &no_shred, None).unwrap_err();
+        assert!(err.contains("did not report shredding memory"), "{err}");
     }
 }

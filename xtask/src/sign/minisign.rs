@@ -12,7 +12,7 @@
 //! The secret key never leaves [`SecretKey`]: no Debug output, no error message quoting it, and it is
 //! written only to its own 0600 file by [`write_key_pair`].
 
-use crate::util::digest::hex;
+use crate::util::digest::{hex, random_bytes};
 use crate::util::fs::{read_secret, write_with_mode};
 use anyhow::{bail, ensure, Context, Result};
 use base64::Engine as _;
@@ -206,19 +206,13 @@ fn secret_key_checksum(key_id: &KeyId, keypair_bytes: &[u8; 64]) -> [u8; 32] {
     hasher.finalize().into()
 }
 
-fn read_urandom(buf: &mut [u8]) -> Result<()> {
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(buf))
-        .context("reading random bytes from /dev/urandom")
-}
-
 impl SecretKey {
     /// A fresh key pair from the kernel's CSPRNG.
     pub fn generate() -> Result<Self> {
         let mut seed = Zeroizing::new([0u8; 32]);
-        read_urandom(seed.as_mut())?;
+        random_bytes(seed.as_mut())?;
         let mut key_id = [0u8; 8];
-        read_urandom(&mut key_id)?;
+        random_bytes(&mut key_id)?;
         Ok(SecretKey { key_id: KeyId(key_id), signing_key: SigningKey::from_bytes(&seed) })
     }
 

@@ -87,6 +87,8 @@ pub struct ArchFigures {
     pub secure_boot_ready_secs: f64,
     /// Seconds from QEMU start to the firmware's refusal, per refused image.
     pub refusal_secs: Vec<(String, f64)>,
+    /// ms from machined's shutdown request to its shred-done line (None if it never printed one).
+    pub shutdown_ms: Option<u64>,
 }
 
 pub fn run(global: &Global, args: &BenchArgs) -> Result<()> {
@@ -343,6 +345,7 @@ fn bench_arch(ws: &Workspace, arch: Arch, scratch: &std::path::Path) -> Result<A
         signed_build_secs: signed.seconds,
         secure_boot_ready_secs: secure_boot_boot.ready_secs,
         refusal_secs: secure_boot_boot.refusals.iter().map(|r| (r.image.clone(), r.refused_secs)).collect(),
+        shutdown_ms: boot.nodes[0].shutdown_ms,
     })
 }
 
@@ -366,6 +369,10 @@ fn print_table(rows: &[ArchFigures]) {
         (
             "ready / floor (target ≤ 1.3×)".into(),
             rows.iter().map(|r| format!("{:.2}×", r.ready_secs / r.floor_secs)).collect(),
+        ),
+        (
+            "shutdown to shred done".into(),
+            rows.iter().map(|r| r.shutdown_ms.map_or("-".into(), |ms| format!("{ms} ms"))).collect(),
         ),
         ("warm build / 15 s target".into(), rows.iter().map(|r| format!("{:.2}×", r.warm_build_secs / 15.0)).collect()),
     ];

@@ -1,4 +1,4 @@
-//! Hex encoding and streamed SHA-256, shared by every stage that names or checks bytes.
+//! Hex encoding, streamed SHA-256 and random bytes, shared by every stage that names or checks bytes.
 
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
@@ -11,6 +11,13 @@ pub fn hex(bytes: &[u8]) -> String {
         let _ = write!(out, "{b:02x}");
         out
     })
+}
+
+/// Fills `buf` from the kernel's CSPRNG.
+pub fn random_bytes(buf: &mut [u8]) -> Result<()> {
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(buf))
+        .context("reading random bytes from /dev/urandom")
 }
 
 /// Hex SHA256 and length of everything `reader` yields.
