@@ -9,7 +9,7 @@ use crate::spec::protocol::{CNI_BIN_DIR, DEBIAN_CNI_PLUGINS, SYSTEM_DIR, WRITABL
 use crate::spec::{Arch, ImageSpec};
 use crate::util::progress;
 use crate::util::tree::Provenance;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -37,6 +37,12 @@ pub fn build(
     policy: &Policy,
 ) -> Result<()> {
     let mut provenance = assemble(root, spec, arch, debs, overlays_dir)?;
+    select_cni_plugins(
+        root,
+        &spec.cni_plugins,
+        &mut provenance,
+        &format!("{}, field `cni-plugins`", spec_path.display()),
+    )?;
     policy::drop_files(
         root,
         &spec.drop_files,
@@ -137,6 +143,54 @@ fn link_cni_plugins(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Keeps only the CNI plugins `keep` names (with their CNI_BIN_DIR links), and says which it left
+/// out. Every name must be a plugin the packages ship: an error naming `origin` (file and field)
+/// lists those that are.
+fn select_cni_plugins(root: &Path, keep: &[String], provenance: &mut Provenance, origin: &str) -> Result<()> {
+    let plugins = root.join(DEBIAN_CNI_PLUGINS.trim_start_matches('/'));
+    let mut shipped: Vec<String> = match fs::read_dir(&plugins) {
+        Ok(entries) => entries
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<std::io::Result<_>>()
+            .with_context(|| format!("listing {}", plugins.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", plugins.display())),
+    };
+    shipped.sort();
+    if let Some(missing) = keep.iter().find(|k| !shipped.contains(k)) {
+        match shipped.is_empty() {
+            true => bail!(
+                "{origin}: {missing:?}: no package ships CNI plugins ({DEBIAN_CNI_PLUGINS} is missing; add \
+                 containernetworking-plugins to `packages`, or set `cni-plugins = []`)"
+            ),
+            false => bail!(
+                "{origin}: {missing:?} is not a CNI plugin the packages ship; {DEBIAN_CNI_PLUGINS} has: {}",
+                shipped.join(", ")
+            ),
+        }
+    }
+    let dropped: Vec<&String> = shipped.iter().filter(|name| !keep.contains(name)).collect();
+    for name in &dropped {
+        for dir in [DEBIAN_CNI_PLUGINS, CNI_BIN_DIR] {
+            let rel = Path::new(dir.trim_start_matches('/')).join(name.as_str());
+            let path = root.join(&rel);
+            if fs::symlink_metadata(&path).is_ok() {
+                fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            }
+            provenance.retain(|recorded, _| recorded != &rel);
+        }
+    }
+    if !dropped.is_empty() {
+        let names: Vec<&str> = dropped.iter().map(|n| n.as_str()).collect();
+        progress::note(format!(
+            "the root filesystem: CNI plugins {} kept, {} left out (the spec's cni-plugins)",
+            keep.join(", "),
+            names.join(", ")
+        ));
+    }
+    Ok(())
+}
+
 /// os-release as the image reports itself; also the UKI's .osrel section.
 pub fn os_release(spec: &ImageSpec) -> String {
     format!(
@@ -179,4 +233,60 @@ pub fn make_merged_usr(root: &Path, arch: Arch) -> Result<()> {
         std::os::unix::fs::symlink("usr/lib64", root.join("lib64"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A root with Debian's plugin directory holding `names`, each linked from CNI_BIN_DIR.
+    fn root_with_plugins(names: &[&str]) -> (tempfile::TempDir, Provenance) {
+        let dir = tempfile::tempdir().unwrap();
+        let plugins = dir.path().join(DEBIAN_CNI_PLUGINS.trim_start_matches('/'));
+        fs::create_dir_all(&plugins).unwrap();
+        let mut provenance = Provenance::new();
+        for name in names {
+            fs::write(plugins.join(name), b"\x7fELF").unwrap();
+            provenance.insert(Path::new(DEBIAN_CNI_PLUGINS.trim_start_matches('/')).join(name), "cni".into());
+        }
+        link_cni_plugins(dir.path()).unwrap();
+        (dir, provenance)
+    }
+
+    fn listing(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> =
+            fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn only_the_listed_cni_plugins_and_their_links_stay() {
+        let (root, mut provenance) = root_with_plugins(&["bridge", "dhcp", "loopback", "vlan"]);
+        let keep = ["bridge".to_string(), "loopback".to_string()];
+        select_cni_plugins(root.path(), &keep, &mut provenance, "node.toml, field `cni-plugins`").unwrap();
+        let plugins = root.path().join(DEBIAN_CNI_PLUGINS.trim_start_matches('/'));
+        assert_eq!(listing(&plugins), ["bridge", "loopback"]);
+        assert_eq!(listing(&root.path().join(CNI_BIN_DIR.trim_start_matches('/'))), ["bridge", "loopback"]);
+        assert_eq!(provenance.len(), 2, "{provenance:?}");
+    }
+
+    #[test]
+    fn a_cni_plugin_the_packages_do_not_ship_is_refused_naming_the_field_and_what_they_ship() {
+        let (root, mut provenance) = root_with_plugins(&["bridge", "loopback"]);
+        let origin = "node.toml, field `cni-plugins`";
+        let err = select_cni_plugins(root.path(), &["flannel".to_string()], &mut provenance, origin).unwrap_err();
+        let err = format!("{err:#}");
+        assert!(
+            err.contains(origin) && err.contains("\"flannel\" is not a CNI plugin") && err.contains("bridge, loopback"),
+            "{err}"
+        );
+        // Nothing was removed before the refusal.
+        assert_eq!(listing(&root.path().join(DEBIAN_CNI_PLUGINS.trim_start_matches('/'))), ["bridge", "loopback"]);
+
+        let empty = tempfile::tempdir().unwrap();
+        let err = select_cni_plugins(empty.path(), &["bridge".to_string()], &mut provenance, origin).unwrap_err();
+        assert!(format!("{err:#}").contains("no package ships CNI plugins"), "{err:#}");
+        select_cni_plugins(empty.path(), &[], &mut provenance, origin).unwrap();
+    }
 }

@@ -128,6 +128,19 @@ pub struct ImageSpec {
     /// boot modules and every dependency come along.
     #[serde(default)]
     pub on_demand_modules: Vec<String>,
+    /// The CNI plugins (names in Debian's /usr/lib/cni) the root carries, each linked into
+    /// /opt/cni/bin; the package's others are left out. A CNI such as Cilium installs its own plugin
+    /// into the writable /opt/cni/bin, so the default is the few a plain bridge network needs.
+    #[serde(default = "default_cni_plugins")]
+    pub cni_plugins: Vec<String>,
+}
+
+/// The CNI plugins a root carries when the spec does not say: a bridge network with host-local
+/// addresses and host ports, and the loopback every pod needs (the reference plugins' basic set).
+pub const DEFAULT_CNI_PLUGINS: [&str; 4] = ["bridge", "host-local", "loopback", "portmap"];
+
+fn default_cni_plugins() -> Vec<String> {
+    DEFAULT_CNI_PLUGINS.iter().map(|p| p.to_string()).collect()
 }
 
 /// Where writable-paths may not point: already writable, or the kernel's.
@@ -371,6 +384,15 @@ fn check_fields(spec: &ImageSpec, path: &Path) -> Result<()> {
                 "{}: {dir:?} must be a directory under the module tree's kernel/ (like \"net\" or \"drivers/net\")",
                 field("on-demand-modules")
             );
+        }
+    }
+    let mut seen_plugins = std::collections::BTreeSet::new();
+    for plugin in &spec.cni_plugins {
+        if !names::valid_name(plugin) {
+            bail!("{}: {plugin:?} is not a CNI plugin name (like \"bridge\" or \"host-local\")", field("cni-plugins"));
+        }
+        if !seen_plugins.insert(plugin) {
+            bail!("{}: {plugin:?} is listed twice", field("cni-plugins"));
         }
     }
     for arg in &spec.kernel_args_remove {
@@ -632,10 +654,26 @@ mod tests {
             let err = with(paths, &format!("writable-paths = [{bad}"));
             assert!(err.contains("node.toml: field `writable-paths`") && err.contains(why), "{bad}: {err}");
         }
+        for (bad, why) in [("\"../dhcp\"", "is not a CNI plugin name"), ("\"bridge\", \"bridge\"", "is listed twice")] {
+            let err = with("cni-plugins = [", &format!("cni-plugins = [{bad}, "));
+            assert!(err.contains("node.toml: field `cni-plugins`") && err.contains(why), "{bad}: {err}");
+        }
         let err = with("on-demand-modules = [", "on-demand-modules = [\"../kernel\", ");
         assert!(err.contains("field `on-demand-modules`: \"../kernel\""), "{err}");
         let line = text.lines().position(|l| l.starts_with("writable-paths")).unwrap() + 1;
         let err = with("writable-paths = [", "writable-paths = [1, ");
         assert!(err.contains(&format!("node.toml:{line}:")) && err.contains("expected a string"), "{err}");
+    }
+
+    #[test]
+    fn a_spec_without_cni_plugins_gets_the_small_default_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = std::fs::read_to_string(crate::util::paths::repo_root().join("image-spec/node.toml")).unwrap();
+        let without: String =
+            text.lines().filter(|l| !l.starts_with("cni-plugins")).map(|l| format!("{l}\n")).collect();
+        assert_ne!(without, text, "node.toml has no cni-plugins line");
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, without).unwrap();
+        assert_eq!(load_spec(&path).unwrap().cni_plugins, DEFAULT_CNI_PLUGINS);
     }
 }
