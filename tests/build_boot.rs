@@ -11,6 +11,14 @@ use std::path::Path;
 
 fn check_disk_formats(dir: &Path, base: &str, arch: &str) {
     let raw = dir.join(format!("{base}.raw"));
+    // raw.zst is the raw disk, byte for byte, with a frame checksum zstd itself checks.
+    let unpacked = std::process::Command::new("zstd")
+        .args(["-d", "-c", "-q"])
+        .arg(dir.join(format!("{base}.raw.zst")))
+        .output()
+        .unwrap();
+    assert!(unpacked.status.success(), "zstd -d: {}", String::from_utf8_lossy(&unpacked.stderr));
+    assert!(unpacked.stdout == std::fs::read(&raw).unwrap(), "{base}.raw.zst does not unpack to {base}.raw");
     let sgdisk = std::process::Command::new("sgdisk").arg("-v").arg(&raw).output().unwrap();
     let report = String::from_utf8_lossy(&sgdisk.stdout);
     assert!(sgdisk.status.success() && report.contains("No problems found"), "sgdisk -v {}:\n{report}", raw.display());

@@ -63,6 +63,29 @@ pub fn write_raw(name: DiskName, board: &Board, epoch: i64, uki: &[u8], raw: &Pa
     fs::remove_file(&esp_image).with_context(|| format!("removing {}", esp_image.display()))
 }
 
+/// zstd level of raw.zst. The disk is mostly the UKI's already-compressed squashfs layers, so more
+/// effort buys next to nothing (measured on the amd64 disk: level 3 0.4 s, 103.2 MB; level 12 3.6 s,
+/// 102.9 MB; level 19 44 s, 102.3 MB) and would cost every build its time.
+const RAW_ZST_LEVEL: i32 = 3;
+
+/// Compresses the raw disk to `raw_zst` with zstd (one frame, single-threaded, so the bytes depend
+/// only on the input, the level and the zstd library version), with its size and a checksum in the
+/// frame so `zstd -d` and `unzstd` check what they unpack.
+pub fn write_raw_zst(raw: &Path, raw_zst: &Path) -> Result<()> {
+    let input = fs::File::open(raw).with_context(|| format!("opening {}", raw.display()))?;
+    let size = input.metadata().with_context(|| format!("reading the metadata of {}", raw.display()))?.len();
+    let output = fs::File::create(raw_zst).with_context(|| format!("creating {}", raw_zst.display()))?;
+    let mut encoder = zstd::stream::Encoder::new(std::io::BufWriter::new(output), RAW_ZST_LEVEL)
+        .context("starting the zstd encoder")?;
+    encoder.include_checksum(true).context("asking zstd for a checksum")?;
+    encoder.set_pledged_src_size(Some(size)).context("telling zstd the disk's size")?;
+    std::io::copy(&mut std::io::BufReader::new(input), &mut encoder)
+        .with_context(|| format!("compressing {} into {}", raw.display(), raw_zst.display()))?;
+    let mut writer = encoder.finish().with_context(|| format!("finishing {}", raw_zst.display()))?;
+    std::io::Write::flush(&mut writer).with_context(|| format!("writing {}", raw_zst.display()))?;
+    crate::util::fs::set_readable(raw_zst)
+}
+
 /// Converts the raw disk to qcow2. In-order writes (no -W) keep the output deterministic; the options
 /// are spelled out so a qemu-img with other defaults still writes the same file.
 pub fn write_qcow2(raw: &Path, qcow2: &Path) -> Result<()> {

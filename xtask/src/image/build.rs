@@ -229,6 +229,12 @@ pub fn build(ws: &Workspace, board: &Board, secure_boot: Option<&SecureBootKeys>
         disk::write_qcow2(&raw, &qcow2)?;
         files.push(qcow2);
     }
+    if formats.contains(&DiskFormat::RawZst) {
+        step.set_message("compressing the disk (raw.zst)");
+        let raw_zst = path_of("raw.zst");
+        disk::write_raw_zst(&raw, &raw_zst)?;
+        files.push(raw_zst);
+    }
     if !formats.contains(&DiskFormat::Raw) {
         fs::remove_file(&raw).with_context(|| format!("removing {}", raw.display()))?;
     }

@@ -136,7 +136,7 @@ fn layer_rank(name: &str) -> u8 {
         Some("initramfs") => 1,
         Some("efi") => 2,
         Some("raw") => 3,
-        Some("qcow2") => 4,
+        Some("qcow2") | Some("zst") => 4,
         _ => 5,
     }
 }

@@ -252,7 +252,8 @@ pub struct Qemu {
 pub struct Disk {
     /// Size of the whole GPT disk.
     pub size_mib: u64,
-    /// Output formats besides the raw disk, e.g. ["qcow2"].
+    /// Output formats: "raw" (the disk as it is), "qcow2", "raw.zst" (the raw disk compressed with
+    /// zstd, as Talos ships its images for download).
     pub formats: Vec<DiskFormat>,
 }
 
@@ -261,6 +262,8 @@ pub struct Disk {
 pub enum DiskFormat {
     Raw,
     Qcow2,
+    #[serde(rename = "raw.zst")]
+    RawZst,
 }
 
 /// A board with the name it was loaded under.

@@ -49,6 +49,9 @@ pub struct BenchArgs {
     /// Size of the uploaded file, in MiB
     #[arg(long, default_value_t = 1024)]
     pub upload_mib: u64,
+    /// Boots of the image and of the floor, interleaved (medians and spread are reported)
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub runs: u32,
 }
 
 /// The upload rows.
@@ -79,16 +82,21 @@ pub struct ArchFigures {
     pub unchanged_downloaded: usize,
     pub raw_bytes: u64,
     pub qcow2_bytes: u64,
+    pub raw_zst_bytes: u64,
     pub uki_bytes: u64,
     pub rootfs_bytes: u64,
-    pub ready_secs: f64,
-    pub floor_secs: f64,
+    /// Boot to ready and the floor, one figure per run (in run order).
+    pub ready_secs: Vec<f64>,
+    pub floor_secs: Vec<f64>,
+    /// Each run's ready over the floor measured just before it; the reported ratio is their median.
+    pub ready_over_floor: Vec<f64>,
     pub signed_build_secs: f64,
     pub secure_boot_ready_secs: f64,
     /// Seconds from QEMU start to the firmware's refusal, per refused image.
     pub refusal_secs: Vec<(String, f64)>,
-    /// ms from machined's shutdown request to its shred-done line (None if it never printed one).
-    pub shutdown_ms: Option<u64>,
+    /// ms from machined's shutdown request to its shred-done line, per run (a run without the line
+    /// has none).
+    pub shutdown_ms: Vec<u64>,
 }
 
 pub fn run(global: &Global, args: &BenchArgs) -> Result<()> {
@@ -97,7 +105,7 @@ pub fn run(global: &Global, args: &BenchArgs) -> Result<()> {
     let mut rows = Vec::new();
     if !args.upload_only {
         for arch in args.arch.map_or(Arch::ALL.to_vec(), |a| vec![a]) {
-            rows.push(bench_arch(&ws, arch, scratch.path())?);
+            rows.push(bench_arch(&ws, arch, scratch.path(), args.runs)?);
         }
     }
     let upload = match args.upload || args.upload_only {
@@ -256,10 +264,28 @@ fn measure_uploads(node: &garage::Node, dir: &Path, file: &Path, key: &Path, run
     Ok(figures)
 }
 
+/// `label` with the number of runs its figures are the median of.
+fn runs_label(label: &str, rows: &[ArchFigures]) -> String {
+    format!("{label}, median of {}", rows.first().map_or(0, |r| r.ready_secs.len()))
+}
+
+/// The median with the spread (lowest–highest) of `values`, in `unit`: "16.6 s (15.9–17.4)".
+fn median_spread(values: &[f64], unit: &str) -> String {
+    let low = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let high = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let precision = if unit == "×" { 2 } else { 1 };
+    let sep = if unit == "×" { "" } else { " " };
+    format!("{:.precision$}{sep}{unit} ({low:.precision$}–{high:.precision$})", median(values))
+}
+
 fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
-    sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
 }
 
 fn print_upload(u: &UploadFigures) {
@@ -292,7 +318,7 @@ fn print_upload(u: &UploadFigures) {
     }
 }
 
-fn bench_arch(ws: &Workspace, arch: Arch, scratch: &std::path::Path) -> Result<ArchFigures> {
+fn bench_arch(ws: &Workspace, arch: Arch, scratch: &std::path::Path, runs: u32) -> Result<ArchFigures> {
     let board = select_board(&ws.boards_dir(), None, Some(arch))?;
     host::ensure(&build::requirements(arch))?;
     host::ensure(&qemu::requirements(&board))?;
@@ -305,10 +331,22 @@ fn bench_arch(ws: &Workspace, arch: Arch, scratch: &std::path::Path) -> Result<A
     progress::note(format!("bench {arch}: second build, nothing changed"));
     let unchanged = build::build(&warm_ws, &board, None)?;
 
-    progress::note(format!("bench {arch}: boot-test"));
+    // The floor and the node's boots interleaved, so that a noisy minute weighs on both alike.
     let plain =
         BootOptions { accel: Accel::Auto, timeout: None, first_role_only: true, secure_boot: false, refusals: false };
-    let boot = boot_test(&warm_ws, &board, &plain)?;
+    let floor_dir = scratch.join(format!("floor-{arch}"));
+    std::fs::create_dir_all(&floor_dir).with_context(|| format!("creating {}", floor_dir.display()))?;
+    let floor_disk = build_floor_disk(&warm_ws, &board, &floor_dir)?;
+    let (mut ready_secs, mut floor_secs, mut shutdown_ms) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 1..=runs {
+        progress::note(format!(
+            "bench {arch}: run {run} of {runs}: the floor boot (trivial initramfs), then boot-test"
+        ));
+        floor_secs.push(floor_boot(&board, &floor_disk, &floor_dir)?);
+        let boot = boot_test(&warm_ws, &board, &plain)?;
+        ready_secs.push(boot.ready_secs);
+        shutdown_ms.extend(boot.nodes[0].shutdown_ms);
+    }
 
     progress::note(format!("bench {arch}: build signed for Secure Boot (cached packages), boot-test --secure-boot"));
     let keys_dir = scratch.join(format!("secure-boot-keys-{arch}"));
@@ -319,12 +357,6 @@ fn bench_arch(ws: &Workspace, arch: Arch, scratch: &std::path::Path) -> Result<A
     let signed = build::build(&signed_ws, &board, Some(&keys))?;
     let secure = BootOptions { secure_boot: true, refusals: true, ..plain };
     let secure_boot_boot = boot_test(&signed_ws, &board, &secure)?;
-
-    progress::note(format!("bench {arch}: floor boot (trivial initramfs)"));
-    let floor_dir = scratch.join(format!("floor-{arch}"));
-    std::fs::create_dir_all(&floor_dir).with_context(|| format!("creating {}", floor_dir.display()))?;
-    let floor_disk = build_floor_disk(&warm_ws, &board, &floor_dir)?;
-    let floor_secs = floor_boot(&board, &floor_disk, &floor_dir)?;
 
     let manifest: &Manifest = &warm.manifest;
     let size = |suffix: &str| manifest.artifact(suffix).map_or(0, |a| a.size);
@@ -338,14 +370,16 @@ fn bench_arch(ws: &Workspace, arch: Arch, scratch: &std::path::Path) -> Result<A
         unchanged_downloaded: unchanged.downloaded,
         raw_bytes: size(".raw"),
         qcow2_bytes: size(".qcow2"),
+        raw_zst_bytes: size(".raw.zst"),
         uki_bytes: size(".efi"),
         rootfs_bytes: size(".rootfs.sqsh"),
-        ready_secs: boot.ready_secs,
+        ready_over_floor: ready_secs.iter().zip(&floor_secs).map(|(ready, floor)| ready / floor).collect(),
+        ready_secs,
         floor_secs,
         signed_build_secs: signed.seconds,
         secure_boot_ready_secs: secure_boot_boot.ready_secs,
         refusal_secs: secure_boot_boot.refusals.iter().map(|r| (r.image.clone(), r.refused_secs)).collect(),
-        shutdown_ms: boot.nodes[0].shutdown_ms,
+        shutdown_ms,
     })
 }
 
@@ -361,18 +395,34 @@ fn print_table(rows: &[ArchFigures]) {
         ("  packages downloaded".into(), rows.iter().map(|r| r.unchanged_downloaded.to_string()).collect()),
         ("raw disk".into(), rows.iter().map(|r| mb(r.raw_bytes)).collect()),
         ("qcow2".into(), rows.iter().map(|r| mb(r.qcow2_bytes)).collect()),
+        (
+            "raw.zst (target ≤ 70 / 65 MiB)".into(),
+            rows.iter().map(|r| format!("{:.1} MiB", r.raw_zst_bytes as f64 / (1 << 20) as f64)).collect(),
+        ),
         ("UKI".into(), rows.iter().map(|r| mb(r.uki_bytes)).collect()),
         ("root squashfs".into(), rows.iter().map(|r| mb(r.rootfs_bytes)).collect()),
-        ("boot to ready".into(), rows.iter().map(|r| secs(r.ready_secs)).collect()),
+        (runs_label("boot to ready", rows), rows.iter().map(|r| median_spread(&r.ready_secs, "s")).collect()),
         ("boot to ready, Secure Boot".into(), rows.iter().map(|r| secs(r.secure_boot_ready_secs)).collect()),
-        ("floor (trivial initramfs)".into(), rows.iter().map(|r| secs(r.floor_secs)).collect()),
+        (
+            runs_label("floor (trivial initramfs)", rows),
+            rows.iter().map(|r| median_spread(&r.floor_secs, "s")).collect(),
+        ),
         (
             "ready / floor (target ≤ 1.3×)".into(),
-            rows.iter().map(|r| format!("{:.2}×", r.ready_secs / r.floor_secs)).collect(),
+            rows.iter().map(|r| median_spread(&r.ready_over_floor, "×")).collect(),
         ),
         (
             "shutdown to shred done".into(),
-            rows.iter().map(|r| r.shutdown_ms.map_or("-".into(), |ms| format!("{ms} ms"))).collect(),
+            rows.iter()
+                .map(|r| {
+                    let ms: Vec<f64> = r.shutdown_ms.iter().map(|&ms| ms as f64).collect();
+                    if ms.is_empty() {
+                        "-".into()
+                    } else {
+                        format!("{:.0} ms", median(&ms))
+                    }
+                })
+                .collect(),
         ),
         ("warm build / 15 s target".into(), rows.iter().map(|r| format!("{:.2}×", r.warm_build_secs / 15.0)).collect()),
     ];
@@ -385,7 +435,22 @@ fn print_table(rows: &[ArchFigures]) {
     }
     lines.insert(0, ("".into(), rows.iter().map(|r| r.board.clone()).collect()));
     for (label, cells) in lines {
-        let cells: Vec<String> = cells.iter().map(|c| format!("{c:>14}")).collect();
+        let cells: Vec<String> = cells.iter().map(|c| format!("{c:>22}")).collect();
         println!("| {label:<32} |{} |", cells.join(" |"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_and_spreads_are_what_the_table_says() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(&[]).is_nan());
+        assert_eq!(median_spread(&[16.6, 15.94, 17.4], "s"), "16.6 s (15.9–17.4)");
+        assert_eq!(median_spread(&[1.31, 1.2, 1.5], "×"), "1.31× (1.20–1.50)");
+        assert_eq!(median_spread(&[12.0], "s"), "12.0 s (12.0–12.0)");
     }
 }

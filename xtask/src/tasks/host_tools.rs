@@ -25,6 +25,7 @@ pub fn for_tests() -> Vec<Requirement> {
         req("sgdisk", "gdisk", "checking GPT disks"),
         req("fsck.vfat", "dosfstools", "checking the ESP"),
         req("mdir", "mtools", "reading files back from the ESP"),
+        req("zstd", "zstd", "unpacking raw.zst with zstd's own decoder"),
         req("unsquashfs", "squashfs-tools", "listing squashfs layers"),
         req("cpio", "cpio", "listing initramfs archives"),
         req("x86_64-linux-gnu-objdump", "binutils", "checking UKI sections (x86-64)"),
