@@ -318,11 +318,14 @@ fn build_check_and_boot(arch: &str) {
         // Published for anyone to download and check: readable by all, like any release file.
         assert_eq!(meta.permissions().mode() & 0o777, 0o644, "{}", path.display());
     }
-    assert!(!std::fs::read_dir(&dir).unwrap().any(|e| e
-        .unwrap()
-        .file_name()
-        .to_string_lossy()
-        .starts_with(".staging")));
+    // Published by one exchange of directories: no staging directory is left inside or beside it.
+    for listed in [&dir, &out.path().to_path_buf()] {
+        assert!(!std::fs::read_dir(listed).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains(".staging")));
+    }
     check_disk_formats(&dir, &format!("node-{arch}"), arch);
     check_signature(&dir, &format!("node-{arch}"), &keys, &manifest);
 

@@ -18,9 +18,10 @@
 //! 10. Disk: the ESP holding the UKI in a GPT disk, and its qcow2; for a signed build, the board's
 //!     firmware variable store with the key set enrolled.
 //! 11. SBOM.
-//! 12. manifest.json, and the whole staging directory published into out/<board>/.
+//! 12. manifest.json, and the whole staging directory published as out/<board>/ (one atomic exchange).
 //!
-//! Steps 7 to 12 write into a staging directory inside out/<board>/; see publish.rs.
+//! Steps 7 to 12 write into a staging directory beside out/<board>/, which step 12 exchanges with it
+//! in one rename; see publish.rs.
 
 use super::inputs::BuildInputs;
 use super::manifest::{Artifact, KernelRequirements, Manifest, SecureBootRecord};

@@ -98,11 +98,6 @@ pub const SIGNATURE_SUFFIX: &str = ".minisig";
 /// The signed list of every file of a release, signatures included (sign/index.rs).
 pub const INDEX_FILE: &str = "index.json";
 
-/// Whether `name` is a file signing writes into an output directory (signatures, SHA256SUMS, the index).
-pub fn is_signing_output(name: &str) -> bool {
-    name.starts_with(SUMS_FILE) || name.ends_with(SIGNATURE_SUFFIX) || name == INDEX_FILE
-}
-
 /// The signature file of `file`: `<file>.minisig`.
 pub fn signature_of(file: &str) -> String {
     format!("{file}{SIGNATURE_SUFFIX}")
