@@ -7,6 +7,7 @@ use super::policy::{self, Policy};
 use crate::archive::deb;
 use crate::spec::protocol::{CNI_BIN_DIR, DEBIAN_CNI_PLUGINS, SYSTEM_DIR, WRITABLE_DIRS, WRITABLE_LIST};
 use crate::spec::{Arch, ImageSpec};
+use crate::util::fs::sorted_names;
 use crate::util::progress;
 use crate::util::tree::Provenance;
 use anyhow::{bail, Context, Result};
@@ -148,15 +149,10 @@ fn link_cni_plugins(root: &Path) -> Result<()> {
 /// lists those that are.
 fn select_cni_plugins(root: &Path, keep: &[String], provenance: &mut Provenance, origin: &str) -> Result<()> {
     let plugins = root.join(DEBIAN_CNI_PLUGINS.trim_start_matches('/'));
-    let mut shipped: Vec<String> = match fs::read_dir(&plugins) {
-        Ok(entries) => entries
-            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
-            .collect::<std::io::Result<_>>()
-            .with_context(|| format!("listing {}", plugins.display()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(e).with_context(|| format!("listing {}", plugins.display())),
+    let shipped = match plugins.is_dir() {
+        true => sorted_names(&plugins)?,
+        false => Vec::new(),
     };
-    shipped.sort();
     if let Some(missing) = keep.iter().find(|k| !shipped.contains(k)) {
         match shipped.is_empty() {
             true => bail!(
@@ -254,10 +250,7 @@ mod tests {
     }
 
     fn listing(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> =
-            fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-        names.sort();
-        names
+        sorted_names(dir).unwrap()
     }
 
     #[test]

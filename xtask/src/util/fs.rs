@@ -13,6 +13,17 @@ pub fn ensure_dir(dir: &Path) -> Result<&Path> {
     Ok(dir)
 }
 
+/// The names of `dir`'s entries, sorted.
+pub fn sorted_names(dir: &Path) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+        names.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    names.sort();
+    Ok(names)
+}
+
 /// A new directory with mode 0755 whatever the umask (a group- or world-writable one would reach the image).
 pub fn make_dir(path: &Path) -> Result<()> {
     fs::create_dir(path).with_context(|| format!("creating {}", path.display()))?;
