@@ -392,7 +392,9 @@ fn check_ram_proof(boot: &serde_json::Value, dir: &Path) {
     let ram = &nodes[0]["ram"];
     let running = &ram["running"]["Ok"];
     assert!(running["marker_offset"].is_u64(), "positive control not found: {ram}");
-    assert!(running["size_bytes"].as_u64().unwrap() >= 1 << 30, "{ram}");
+    // The guest's 1 GiB, less what the firmware keeps out of the memory map (amd64's dump is
+    // 1 073 612 811 bytes, arm64's 1 073 744 059).
+    assert!(running["size_bytes"].as_u64().unwrap() >= 1000 << 20, "{ram}");
     let after = &ram["after_shred"]["Ok"];
     assert!(after["marker_offset"].is_null() && after["nonzero_bytes"].as_u64().unwrap() > 0, "{ram}");
     assert_eq!(nodes[0]["status"]["ram_marker"]["state"], "held");
