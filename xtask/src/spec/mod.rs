@@ -10,7 +10,7 @@ pub mod protocol;
 pub mod workspace;
 
 use anyhow::{bail, Context, Result};
-use protocol::{NETWORK_WAIT_ARG, SCRATCH_SERIAL_ARG};
+use protocol::{NETWORK_WAIT_ARG, SCRATCH_SERIAL_ARG, WRITABLE_DIRS};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -379,6 +379,23 @@ fn check_fields(spec: &ImageSpec, path: &Path) -> Result<()> {
         if !seen_paths.insert(dir) {
             bail!("{}: {dir:?} is listed twice", field("writable-paths"));
         }
+        if WRITABLE_DIRS.contains(&dir.as_str()) {
+            bail!("{}: {dir:?} is always writable (machined's own list); remove the entry", field("writable-paths"));
+        }
+    }
+    // One overlay inside another would hide the inner one's upper layer behind the outer's.
+    let all_writable: Vec<&str> =
+        WRITABLE_DIRS.iter().copied().chain(spec.writable_paths.iter().map(|d| d.as_str())).collect();
+    for dir in &spec.writable_paths {
+        if let Some(outer) = all_writable.iter().find(|o| dir.starts_with(&format!("{o}/"))) {
+            bail!(
+                "{}: {dir:?} is inside {outer:?}, which is writable already; remove the entry",
+                field("writable-paths")
+            );
+        }
+        if let Some(inner) = all_writable.iter().find(|i| i.starts_with(&format!("{dir}/"))) {
+            bail!("{}: {dir:?} contains {inner:?}, another writable path; keep one of them", field("writable-paths"));
+        }
     }
     for dir in &spec.on_demand_modules {
         let clean = !dir.is_empty() && dir.split('/').all(|part| !part.is_empty() && part != "." && part != "..");
@@ -653,6 +670,9 @@ mod tests {
             ("\"/etc/../cni\"", "must be a clean absolute path"),
             ("\"/etc/cni/\"", "must be a clean absolute path"),
             ("\"/etc/cni\", \"/etc/cni\"", "is listed twice"),
+            ("\"/etc/iscsi\", \"/etc/cni\"", "is always writable"),
+            ("\"/etc/cni/net.d\", \"/etc/cni\"", "is inside \"/etc/cni\""),
+            ("\"/etc\", \"/etc/cni\"", "contains \"/etc/iscsi\""),
         ] {
             let err = with(paths, &format!("writable-paths = [{bad}"));
             assert!(err.contains("node.toml: field `writable-paths`") && err.contains(why), "{bad}: {err}");
