@@ -1,7 +1,7 @@
 //! The RAM proof: memory dumps of a running node searched for the marker machined derives from a
 //! nonce this boot handed it (machined's ram_marker.rs). The nonce is fresh per boot and goes to the
-//! guest through QEMU fw_cfg, never the console; the marker is computed here (sha256, the sha2 crate,
-//! an implementation independent of machined's) and kept only in this process's memory. Each dump
+//! guest through QEMU fw_cfg, never the console; the marker is computed here (sha256 with the sha2 crate,
+//! as machined computes it) and kept only in this process's memory. Each dump
 //! (QMP `dump-guest-memory`, paging off: guest RAM as QEMU holds it, not what the guest's page tables
 //! map) goes to a temporary file that is scanned with scan.rs and deleted at once. The nonce and pause
 //! files live in a temporary directory deleted with the proof.
