@@ -397,12 +397,9 @@ fn shred_memory() -> String {
     let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     let (mut unmounted, mut detached, mut failed) = (Vec::new(), Vec::new(), Vec::new());
     for target in parse::mounts_of_type(&mounts, "tmpfs") {
-        match sys::do_umount(&target, 0) {
-            Ok(()) => unmounted.push(target),
-            Err(e) if e.raw_os_error() == Some(sys::EBUSY) => match sys::do_umount(&target, sys::MNT_DETACH) {
-                Ok(()) => detached.push(target),
-                Err(e) => failed.push(format!("{target}: {e}")),
-            },
+        match sys::unmount_or_detach(&target) {
+            Ok(false) => unmounted.push(target),
+            Ok(true) => detached.push(target),
             Err(e) => failed.push(format!("{target}: {e}")),
         }
     }

@@ -233,11 +233,7 @@ pub fn teardown(mounted: &Mounted) -> Fallible<String> {
     // Overlays elsewhere with their upper layer on /var first (the writable paths), then /var itself.
     let targets = parse::overlays_backed_by(&mounts, VAR).into_iter().chain(parse::mounts_under(&mounts, VAR));
     for target in targets {
-        if let Err(e) = sys::do_umount(&target, 0) {
-            if e.raw_os_error() != Some(sys::EBUSY) {
-                return Err(format!("unmount {target}: {e}"));
-            }
-            sys::do_umount(&target, sys::MNT_DETACH).ctx(|| format!("detach {target}"))?;
+        if sys::unmount_or_detach(&target).ctx(|| format!("unmount {target}"))? {
             detached.push(target);
         }
     }

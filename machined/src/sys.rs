@@ -292,6 +292,17 @@ pub fn do_umount(target: &str, flags: c_int) -> io::Result<()> {
     check(unsafe { umount2(target.as_ptr(), flags) }).map(drop)
 }
 
+/// Unmounts `target`, or detaches it when it is busy (the kernel frees it when its last user goes).
+/// Returns whether it had to be detached; the error is the detach's, or the unmount's when it failed
+/// for another reason.
+pub fn unmount_or_detach(target: &str) -> io::Result<bool> {
+    match do_umount(target, 0) {
+        Ok(()) => Ok(false),
+        Err(e) if e.raw_os_error() == Some(EBUSY) => do_umount(target, MNT_DETACH).map(|()| true),
+        Err(e) => Err(e),
+    }
+}
+
 /// A pipe whose both ends are close-on-exec, as (read end, write end); the read end is non-blocking.
 pub fn pipe() -> io::Result<(std::fs::File, std::fs::File)> {
     use std::os::unix::io::FromRawFd;
