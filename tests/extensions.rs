@@ -70,18 +70,6 @@ impl Workspace {
     }
 }
 
-fn copy_tree(from: &Path, to: &Path) {
-    for entry in walkdir::WalkDir::new(from) {
-        let entry = entry.unwrap();
-        let dest = to.join(entry.path().strip_prefix(from).unwrap());
-        if entry.file_type().is_dir() {
-            std::fs::create_dir_all(&dest).unwrap();
-        } else {
-            std::fs::copy(entry.path(), &dest).unwrap();
-        }
-    }
-}
-
 fn assert_mentions(stderr: &str, parts: &[&str]) {
     for part in parts {
         assert!(stderr.contains(part), "error does not mention {part:?}:\n{stderr}");

@@ -45,6 +45,10 @@ pub fn xtask() -> Command {
         "XTASK_SIGNING_KEY",
         "XTASK_SECURE_BOOT_KEYS",
         "XTASK_SECURE_BOOT_DB_KEY",
+        "XTASK_STAGE_CACHE",
+        "XTASK_STAGE_CACHE_DIR",
+        "XTASK_STAGE_CACHE_READ_ONLY",
+        "XTASK_MACHINED_DIR",
     ] {
         cmd.env_remove(var);
     }
@@ -93,6 +97,19 @@ pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u64, std::time::SystemTime)> {
         }
     }
     map
+}
+
+/// Copies the tree `from` to `to` (files and directories; modes as `std::fs::copy` keeps them).
+pub fn copy_tree(from: &Path, to: &Path) {
+    for entry in walkdir::WalkDir::new(from) {
+        let entry = entry.unwrap();
+        let dest = to.join(entry.path().strip_prefix(from).unwrap());
+        if entry.file_type().is_dir() {
+            std::fs::create_dir_all(&dest).unwrap();
+        } else {
+            std::fs::copy(entry.path(), &dest).unwrap();
+        }
+    }
 }
 
 /// A scratch copy of image-spec/ (spec + lock) that a test may edit.

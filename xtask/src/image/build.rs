@@ -2,54 +2,60 @@
 //!
 //! 1. Inputs: spec, boards, extensions and lock loaded and checked ([`BuildInputs`]), SOURCE_DATE_EPOCH,
 //!    host tools. Bad input fails here, before anything is fetched or written.
-//! 2. Packages: the arch's debs from the lock, fetched into the content-addressed cache and checked.
-//! 3. Trees: the root tree and one tree per extension, assembled and checked (Talos's content rules,
-//!    the no-shell policy) in a work directory in the cache, so a refused build never touches out/.
-//! 4. machined compiled for the arch.
-//! 5. Kernel and stub: unpacked once into the cache; the boot modules' closure from their .modinfo;
-//!    the kernel's configuration judged against Cilium's requirements.
-//! 6. The root's machine parts: machined's copy (the kernel's modprobe helper, the guest agent's
-//!    shutdown), and the on-demand module tree with depmod's indexes.
-//! 7. Squashfs: the root and each extension layer.
-//! 8. Initramfs: machined, the root squashfs, the boot modules, then the extension layers.
-//! 9. UKI: stub + os-release, command line, kernel release, initramfs, kernel; signed with the Secure
+//! 2. Packages: the arch's debs from the lock, fetched into the content-addressed cache and checked
+//!    when the first stage that reads one runs ([`OnDemand`]); with every stage cached, never.
+//! 3. machined compiled for the arch.
+//! 4. The kernel's facts: its release, the boot modules' load order (from each .modinfo), its
+//!    configuration judged against Cilium's requirements.
+//! 5. The root: its tree (packages, overlays, machined's copy as the kernel's modprobe helper and the
+//!    guest agent's shutdown, the on-demand module tree with depmod's indexes), checked (the no-shell
+//!    policy) in a work directory in the cache, so a refused build never touches out/; then squashfs.
+//! 6. Each extension layer: its tree assembled and checked (Talos's content rules, the policy), squashfs.
+//! 7. Initramfs: machined, the root squashfs, the boot modules, then the extension layers.
+//! 8. UKI: stub + os-release, command line, kernel release, initramfs, kernel; signed with the Secure
 //!    Boot db key when a key set is configured (before the disk is made, and before any minisign
 //!    signature, so those cover the signed UKI).
-//! 10. Disk: the ESP holding the UKI in a GPT disk, and its qcow2; for a signed build, the board's
-//!     firmware variable store with the key set enrolled.
+//! 9. Disk: the ESP holding the UKI in a GPT disk, in the board's formats.
+//! 10. For a signed build, the board's firmware variable store with the key set enrolled.
 //! 11. SBOM.
 //! 12. manifest.json, and the whole staging directory published as out/<board>/ (one atomic exchange).
 //!
-//! Steps 7 to 12 write into a staging directory beside out/<board>/, which step 12 exchanges with it
-//! in one rename; see publish.rs.
+//! Steps 3 to 9 and 11 are stages of the stage cache (util/stage_cache.rs): each is run only when
+//! the cache holds no intact output for its key, the digest of its inputs and code. Every output is
+//! written into a staging directory beside out/<board>/, which step 12 exchanges with it in one
+//! rename; see publish.rs.
 
 use super::inputs::BuildInputs;
 use super::manifest::{Artifact, KernelRequirements, Manifest, SecureBootRecord};
 use super::publish::{self, Staging};
 use super::root_parts;
 use super::sbom;
-use crate::archive::fetch::fetch;
+use crate::archive::fetch::{fetch, FetchReport};
 use crate::archive::lockfile::LockedPackage;
 use crate::disk::DiskName;
 use crate::initramfs::archive::{self as initramfs, Contents};
 use crate::initramfs::{kernel_requirements, machined};
 use crate::layers::extension;
-use crate::layers::layer::{self, LayerTree};
+use crate::layers::layer::{self, Layer, LayerTree};
 use crate::rootfs::policy::Policy;
 use crate::rootfs::{squashfs, tree};
-use crate::spec::names::{artifact, PackageSet};
+use crate::spec::names::{artifact, layer_artifact, PackageSet};
 use crate::spec::protocol::FLOOR_FLAG;
 use crate::spec::workspace::Workspace;
 use crate::spec::{kernel_cmdline, Arch, Board, DiskFormat};
 use crate::uki::secure_boot::SecureBootKeys;
+use crate::util::cmd::cmd;
 use crate::util::digest::sha256_file;
 use crate::util::epoch::source_date_epoch;
 use crate::util::fs::{ensure_dir, set_readable};
 use crate::util::host::{self, Requirement};
 use crate::util::progress;
+use crate::util::stage_cache::{code_digest, dir_digest, FileRecord, Key, Outcome, Source, StageCache};
 use crate::{archive, disk, uki};
 use anyhow::{Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::cell::OnceCell;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -88,165 +94,437 @@ pub struct BuildReport {
     pub cached: usize,
     pub seconds: f64,
     pub manifest: Manifest,
+    /// Each stage, and whether it was built or taken from the local or the remote stage cache.
+    pub stages: Vec<Outcome>,
+    /// Bytes of stage outputs read from the remote stage cache.
+    pub stage_cache_remote_bytes: u64,
     /// The key id the published directory was signed with, if a signing key was configured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signed_with_key_id: Option<String>,
 }
 
-/// Builds the image for `board` into out/<board>/, its UKI signed with `secure_boot`'s db key if given.
-pub fn build(ws: &Workspace, board: &Board, secure_boot: Option<&SecureBootKeys>) -> Result<BuildReport> {
+impl BuildReport {
+    /// `stages: 9 cached, 2 built (ext-iscsi-tools-amd64, initramfs-amd64)`.
+    pub fn stages_line(&self) -> String {
+        let built: Vec<&str> =
+            self.stages.iter().filter(|o| o.source == Source::Built).map(|o| o.stage.as_str()).collect();
+        let count = |source| self.stages.iter().filter(|o| o.source == source).count();
+        let mut line = format!("stages: {} from the local cache", count(Source::Local));
+        if count(Source::Remote) > 0 {
+            line += &format!(", {} from the remote cache", count(Source::Remote));
+        }
+        line += &format!(", {} built", built.len());
+        if !built.is_empty() {
+            line += &format!(" ({})", built.join(", "));
+        }
+        line
+    }
+}
+
+/// The code each stage runs, for its cache key: util/, spec/, the stages up to its own (a stage uses
+/// only earlier ones), and this folder, whose steps call them.
+fn code(up_to: &str) -> String {
+    const FLOW: [&str; 7] = ["archive", "rootfs", "layers", "initramfs", "uki", "disk", "image"];
+    let mut folders = vec!["util", "spec", "image"];
+    folders.extend(FLOW.iter().take(FLOW.iter().position(|f| *f == up_to).expect("a stage folder") + 1));
+    code_digest(&folders)
+}
+
+/// A host tool's version line, for the keys of the stages that run it.
+fn tool_version(program: &str, arg: &str) -> Result<String> {
+    let text = cmd(program).arg(arg).read()?;
+    Ok(text.lines().next().unwrap_or_default().trim().to_string())
+}
+
+/// The packages of `set` as the keys see them: name, version and sha256 from the lock.
+fn set_digests(wanted: &[&LockedPackage], set: &PackageSet) -> serde_json::Value {
+    let mut digests: Vec<(String, String, String)> = wanted
+        .iter()
+        .filter(|p| &p.set == set)
+        .map(|p| (p.name.clone(), p.version.clone(), p.sha256.clone()))
+        .collect();
+    digests.sort();
+    json!(digests)
+}
+
+/// What a stage needs only when it runs: the packages (fetched on first use), the unpacked kernel
+/// and stub, the boot modules' load order, a work directory for the trees.
+struct OnDemand<'a> {
+    ws: &'a Workspace,
+    board: &'a Board,
+    arch: Arch,
+    wanted: &'a [&'a LockedPackage],
+    read_ahead_licenses: bool,
+    fetched: OnceCell<FetchReport>,
+    parts: OnceCell<uki::Parts>,
+    load_order: OnceCell<Vec<(String, PathBuf)>>,
+    trees: OnceCell<tempfile::TempDir>,
+}
+
+const TREES_PREFIX: &str = "trees-";
+
+impl<'a> OnDemand<'a> {
+    fn debs(&self) -> Result<Vec<(&'a LockedPackage, &Path)>> {
+        if self.fetched.get().is_none() {
+            let step = progress::step("fetching packages");
+            let fetched = fetch(self.ws, self.wanted)?;
+            step.done();
+            if fetched.downloaded > 0 {
+                progress::note(format!(
+                    "downloaded {} packages ({:.1} MB), {} already cached",
+                    fetched.downloaded,
+                    fetched.downloaded_bytes as f64 / 1e6,
+                    fetched.cached
+                ));
+            }
+            let _ = self.fetched.set(fetched);
+            if self.read_ahead_licenses {
+                // The SBOM's license scan decompresses every .deb once more: on the other core, meanwhile.
+                sbom::read_ahead(&self.paired());
+            }
+        }
+        Ok(self.paired())
+    }
+
+    fn paired(&self) -> Vec<(&'a LockedPackage, &Path)> {
+        let fetched = self.fetched.get().expect("fetched before");
+        self.wanted.iter().copied().zip(fetched.paths.iter().map(PathBuf::as_path)).collect()
+    }
+
+    fn parts(&self) -> Result<&uki::Parts> {
+        if self.parts.get().is_none() {
+            let debs = self.debs()?;
+            let step = progress::step("unpacking the kernel and the EFI stub");
+            let parts = uki::Parts::open(&self.ws.cache_dir(), self.arch, &debs)?;
+            step.done();
+            let _ = self.parts.set(parts);
+        }
+        Ok(self.parts.get().expect("set above"))
+    }
+
+    /// The boot modules, then the NIC drivers of the board's `[network]`, with their dependencies.
+    fn load_order(&self) -> Result<&[(String, PathBuf)]> {
+        if self.load_order.get().is_none() {
+            let parts = self.parts()?;
+            let board = self.board;
+            let network_modules = board.file.network.as_ref().map(|n| n.modules.clone()).unwrap_or_default();
+            let mut load_order = parts.modules.load_order(&board.file.boot_modules, &board.path, "boot-modules")?;
+            for module in parts.modules.load_order(&network_modules, &board.path, "network.modules")? {
+                if !load_order.contains(&module) {
+                    load_order.push(module);
+                }
+            }
+            parts.verify(&load_order)?;
+            let _ = self.load_order.set(load_order);
+        }
+        Ok(self.load_order.get().expect("set above"))
+    }
+
+    /// A work directory in the cache for the trees (not in out/, so a refused build leaves out/
+    /// exactly as it was).
+    fn tree_dir(&self, name: &str) -> Result<PathBuf> {
+        if self.trees.get().is_none() {
+            let cache = self.ws.cache_dir();
+            ensure_dir(&cache)?;
+            let work = tempfile::Builder::new()
+                .prefix(TREES_PREFIX)
+                .tempdir_in(&cache)
+                .with_context(|| format!("creating a work directory in {}", cache.display()))?;
+            let _ = self.trees.set(work);
+        }
+        Ok(self.trees.get().expect("set above").path().join(name))
+    }
+}
+
+/// Builds the image for `board` into out/<board>/, its UKI signed with `secure_boot`'s db key if
+/// given; each stage taken from `cache` when its inputs are unchanged.
+pub fn build(
+    ws: &Workspace,
+    board: &Board,
+    secure_boot: Option<&SecureBootKeys>,
+    cache: &StageCache,
+) -> Result<BuildReport> {
     let started = std::time::Instant::now();
     let arch = board.arch();
 
-    // 1. Inputs.
+    // 1. Inputs, and what every stage's key shares: the arch, the time, the whole spec and board.
     let inputs = BuildInputs::load(ws)?;
+    let spec = &inputs.spec;
     let lock = inputs.lock(ws)?;
     let lock_sha256 = lock.sha256()?;
     let epoch = source_date_epoch()?;
+    let policy = Policy::from_spec(spec).with_context(|| format!("{}", inputs.spec_path.display()))?;
     let mut reqs = requirements(arch);
     if secure_boot.is_some() {
         reqs.extend(secure_boot_requirements(board));
     }
     host::ensure(&reqs)?;
+    publish::remove_abandoned(&ws.cache_dir(), TREES_PREFIX);
+    let common = json!({ "arch": arch, "epoch": epoch, "spec": spec, "board": &board.file });
+    let mksquashfs = tool_version("mksquashfs", "-version")?;
+    let machined_inputs = machined::cache_key(arch)?;
 
-    // 2. Packages.
+    // 2. Packages: fetched when the first stage that reads one runs (none, when every stage is cached).
     let wanted = lock.packages_for(arch);
-    let step = progress::step("fetching packages");
-    let fetched = fetch(ws, &wanted)?;
-    step.done();
-    if fetched.downloaded > 0 {
-        progress::note(format!(
-            "downloaded {} packages ({:.1} MB), {} already cached",
-            fetched.downloaded,
-            fetched.downloaded_bytes as f64 / 1e6,
-            fetched.cached
-        ));
-    }
-    let debs: Vec<(&LockedPackage, &Path)> =
-        wanted.iter().copied().zip(fetched.paths.iter().map(PathBuf::as_path)).collect();
-    // The SBOM's license scan decompresses every .deb once more: on the other core, meanwhile.
-    sbom::read_ahead(&debs);
-
-    // 3. Trees.
-    let trees = Trees::build(ws, &inputs, arch, &debs)?;
-
-    // 4. machined.
-    let step = progress::step(format!("compiling machined for {arch}"));
-    let machined_work = tempfile::Builder::new()
-        .prefix("machined-")
-        .tempdir_in(ensure_dir(&ws.cache_dir())?)
-        .context("creating a work directory in the cache")?;
-    let machined = machined::build(arch, &ws.cache_dir(), machined_work.path())?;
-    step.done();
-
-    // 5. Kernel and stub.
-    let step = progress::step("unpacking the kernel and the EFI stub");
-    let parts = uki::Parts::open(&ws.cache_dir(), arch, &debs)?;
-    let network_modules = board.file.network.as_ref().map(|n| n.modules.clone()).unwrap_or_default();
-    let mut load_order = parts.modules.load_order(&board.file.boot_modules, &board.path, "boot-modules")?;
-    for module in parts.modules.load_order(&network_modules, &board.path, "network.modules")? {
-        if !load_order.contains(&module) {
-            load_order.push(module);
-        }
-    }
-    parts.verify(&load_order)?;
-    let cilium = kernel_requirements::cilium(&parts.modules.config()?);
-    if !cilium.base_met {
-        progress::note(format!(
-            "kernel {} lacks Cilium's base requirements: {}",
-            parts.modules.release,
-            cilium.features[0].missing.join(", ")
-        ));
-    }
-    step.done();
-
-    // 6. The root's machine parts.
-    let step = progress::step("adding machined and the on-demand modules to the root");
-    root_parts::install_machined(&trees.rootfs, &machined)?;
-    let boot_module_names: Vec<String> = load_order.iter().map(|(name, _)| name.clone()).collect();
-    let on_demand_modules = parts.modules.install_on_demand(
-        &trees.rootfs,
-        &inputs.spec.on_demand_modules,
-        &boot_module_names,
-        &format!("{}: field `on-demand-modules`", inputs.spec_path.display()),
-    )?;
-    step.done();
+    let sbom_key = Key::new(
+        format!("sbom-{arch}"),
+        code("image"),
+        &json!({ "common": common, "lock": lock_sha256, "machined": machined_inputs }),
+    );
+    let on_demand = OnDemand {
+        ws,
+        board,
+        arch,
+        wanted: &wanted,
+        read_ahead_licenses: !cache.holds(&sbom_key),
+        fetched: OnceCell::new(),
+        parts: OnceCell::new(),
+        load_order: OnceCell::new(),
+        trees: OnceCell::new(),
+    };
 
     let out = ws.board_out_dir(&board.name);
     let staging = Staging::new(&out)?;
     let work = staging.path();
-    let base = format!("{}-{}", inputs.spec.name, arch);
+    let base = format!("{}-{}", spec.name, arch);
     let path_of = |kind: &str| work.join(artifact(&base, kind));
 
-    // 7. Squashfs.
-    let step = progress::step("making the root squashfs");
+    // 3. machined, compiled for the arch.
+    let machined_path = work.join(format!("machined-{arch}"));
+    let machined_key = Key::new(format!("machined-{arch}"), code("initramfs"), &json!({ "key": machined_inputs }));
+    let machined_stored = cache.run(&machined_key, &[("machined", &machined_path)], || {
+        let step = progress::step(format!("compiling machined for {arch}"));
+        let built = machined::build(arch, &ws.cache_dir(), &work.join("machined-build"))?;
+        fs::rename(&built, &machined_path).with_context(|| format!("moving {}", built.display()))?;
+        step.done();
+        Ok(json!({}))
+    })?;
+    set_executable(&machined_path)?;
+    let machined_sha256 = machined_stored.file("machined")?.sha256.clone();
+
+    // 4. The kernel's facts: its release, the boot modules' load order, Cilium's requirements.
+    let kernel_inputs = json!({
+        "kernel": set_digests(&wanted, &PackageSet::Kernel),
+        "stub": set_digests(&wanted, &PackageSet::EfiStub),
+        "boot-modules": board.file.boot_modules,
+        "network": board.file.network.as_ref().map(|n| &n.modules),
+    });
+    let kernel_key = Key::new(format!("kernel-{arch}"), code("initramfs"), &kernel_inputs);
+    let kernel = cache.run(&kernel_key, &[], || {
+        let parts = on_demand.parts()?;
+        let load_order = on_demand.load_order()?;
+        let facts = KernelFacts {
+            release: parts.modules.release.clone(),
+            boot_modules: load_order.iter().map(|(name, _)| name.clone()).collect(),
+            cilium: kernel_requirements::cilium(&parts.modules.config()?),
+        };
+        Ok(serde_json::to_value(facts)?)
+    })?;
+    let kernel: KernelFacts = serde_json::from_value(kernel.facts).context("the kernel stage's facts")?;
+    if !kernel.cilium.base_met {
+        progress::note(format!(
+            "kernel {} lacks Cilium's base requirements: {}",
+            kernel.release,
+            kernel.cilium.features[0].missing.join(", ")
+        ));
+    }
+
+    // 5. The root: its tree (packages, overlays, machined's copy, the on-demand module tree) checked
+    //    and packed as squashfs.
     let rootfs_sqsh = path_of("rootfs.sqsh");
-    squashfs::make(&trees.rootfs, &rootfs_sqsh, epoch)?;
-    step.done();
-    let step = progress::step("making the extension layers");
-    let layers = layer::make(&trees.layers, work, &base, epoch)?;
-    step.done();
+    let mut overlays = Vec::new();
+    for overlay in &spec.overlays {
+        overlays.push((overlay.clone(), dir_digest(&ws.overlays_dir().join(overlay))?));
+    }
+    let rootfs_key = Key::new(
+        format!("rootfs-{arch}"),
+        code("rootfs"),
+        &json!({
+            "common": common,
+            "packages": set_digests(&wanted, &PackageSet::Rootfs),
+            "kernel": kernel_key.digest,
+            "overlays": overlays,
+            "machined": machined_sha256,
+            "tools": [&mksquashfs, tool_version("/usr/sbin/depmod", "--version")?],
+        }),
+    );
+    let rootfs = cache.run(&rootfs_key, &[("rootfs.sqsh", &rootfs_sqsh)], || {
+        let debs = on_demand.debs()?;
+        let step = progress::step("unpacking the root filesystem");
+        let tree_dir = on_demand.tree_dir("rootfs")?;
+        let root_debs: Vec<tree::DebInput> = debs
+            .iter()
+            .filter(|(p, _)| p.set == PackageSet::Rootfs)
+            .map(|(p, path)| tree::DebInput { name: &p.name, deb: path })
+            .collect();
+        tree::build(&tree_dir, spec, &inputs.spec_path, arch, &root_debs, &ws.overlays_dir(), &policy)?;
+        step.done();
+        let step = progress::step("adding machined and the on-demand modules to the root");
+        root_parts::install_machined(&tree_dir, &machined_path)?;
+        let on_demand_modules = on_demand.parts()?.modules.install_on_demand(
+            &tree_dir,
+            &spec.on_demand_modules,
+            &kernel.boot_modules,
+            &format!("{}: field `on-demand-modules`", inputs.spec_path.display()),
+        )?;
+        step.done();
+        let step = progress::step("making the root squashfs");
+        squashfs::make(&tree_dir, &rootfs_sqsh, epoch)?;
+        step.done();
+        Ok(json!({ "on-demand-modules": on_demand_modules }))
+    })?;
+    let on_demand_modules = rootfs.facts["on-demand-modules"].as_u64().context("the root stage's facts")? as usize;
 
-    // 8. Initramfs.
-    let step = progress::step("writing the initramfs");
+    // 6. Each extension: its tree assembled, checked (Talos's content rules, the no-shell policy) and packed.
+    let mut layers = Vec::new();
+    let mut layer_digests = Vec::new();
+    for extension in &inputs.extensions {
+        let sqsh = work.join(layer_artifact(&base, &extension.name));
+        let key = Key::new(
+            format!("ext-{}-{arch}", extension.name),
+            code("layers"),
+            &json!({
+                "common": common,
+                "dir": dir_digest(&extension.dir)?,
+                "packages": set_digests(&wanted, &PackageSet::Extension(extension.name.clone())),
+                "tools": [&mksquashfs],
+            }),
+        );
+        let stored = cache.run(&key, &[("layer.sqsh", &sqsh)], || {
+            let debs = on_demand.debs()?;
+            let step = progress::step(format!("assembling extension {}", extension.name));
+            let tree_dir = on_demand.tree_dir(&format!("extension-{}", extension.name))?;
+            extension::build_tree(extension, &tree_dir, arch, &debs, &policy)?;
+            let tree = LayerTree { metadata: extension.manifest.metadata.clone(), tree: tree_dir };
+            layer::make(&tree, &sqsh, epoch)?;
+            step.done();
+            Ok(json!({}))
+        })?;
+        layer_digests.push((extension.name.clone(), stored.file("layer.sqsh")?.sha256.clone()));
+        layers.push((Layer { metadata: extension.manifest.metadata.clone(), sqsh }, stored));
+    }
+
+    // 7. Initramfs: machined, the root squashfs, the boot modules, then the extension layers.
     let initramfs = path_of("initramfs");
-    let contents = Contents {
-        machined: &machined,
-        rootfs_sqsh: &rootfs_sqsh,
-        modules: &parts.modules,
-        load_order: &load_order,
-        layers: &layers,
-    };
-    initramfs::write_node(&initramfs, epoch, &contents)?;
-    step.done();
+    let initramfs_key = Key::new(
+        format!("initramfs-{arch}"),
+        code("initramfs"),
+        &json!({
+            "common": common,
+            "machined": machined_sha256,
+            "rootfs": rootfs.file("rootfs.sqsh")?.sha256,
+            "kernel": kernel_key.digest,
+            "layers": layer_digests,
+        }),
+    );
+    let plain_layers: Vec<Layer> =
+        layers.iter().map(|(l, _)| Layer { metadata: l.metadata.clone(), sqsh: l.sqsh.clone() }).collect();
+    let initramfs_stored = cache.run(&initramfs_key, &[("initramfs", &initramfs)], || {
+        let step = progress::step("writing the initramfs");
+        let parts = on_demand.parts()?;
+        let contents = Contents {
+            machined: &machined_path,
+            rootfs_sqsh: &rootfs_sqsh,
+            modules: &parts.modules,
+            load_order: on_demand.load_order()?,
+            layers: &plain_layers,
+        };
+        initramfs::write_node(&initramfs, epoch, &contents)?;
+        step.done();
+        Ok(json!({}))
+    })?;
 
-    // 9. UKI.
-    let step = progress::step("making the UKI");
-    let cmdline = kernel_cmdline(board, &inputs.spec);
+    // 8. UKI: stub + os-release, command line, kernel release, initramfs, kernel; signed with the
+    //    Secure Boot db key when a key set is configured (before the disk is made, and before any
+    //    minisign signature, so those cover the signed UKI).
+    let cmdline = kernel_cmdline(board, spec);
     let uki = path_of("efi");
-    let mut image = parts.build(&inputs.spec, &cmdline, &initramfs)?;
-    fs::write(&uki, &image).with_context(|| format!("writing {}", uki.display()))?;
-    if let Some(keys) = secure_boot {
-        step.set_message("signing the UKI for Secure Boot");
-        keys.db.sign_in_place(&uki, epoch).context("signing the UKI")?;
-        set_readable(&uki)?;
-        image = fs::read(&uki).with_context(|| format!("reading the signed {}", uki.display()))?;
-    }
-    step.done();
+    let signer = match secure_boot {
+        Some(keys) => Some((keys.db_cert_sha256()?, tool_version("osslsigncode", "--version")?)),
+        None => None,
+    };
+    let uki_key = Key::new(
+        format!("uki-{arch}"),
+        code("uki"),
+        &json!({
+            "common": common,
+            "kernel": kernel_key.digest,
+            "cmdline": cmdline,
+            "initramfs": initramfs_stored.file("initramfs")?.sha256,
+            "signer": signer,
+        }),
+    );
+    let uki_stored = cache.run(&uki_key, &[("uki.efi", &uki)], || {
+        let step = progress::step("making the UKI");
+        let image = on_demand.parts()?.build(spec, &cmdline, &initramfs)?;
+        fs::write(&uki, &image).with_context(|| format!("writing {}", uki.display()))?;
+        if let Some(keys) = secure_boot {
+            step.set_message("signing the UKI for Secure Boot");
+            keys.db.sign_in_place(&uki, epoch).context("signing the UKI")?;
+            set_readable(&uki)?;
+        }
+        step.done();
+        Ok(json!({}))
+    })?;
 
-    // 10. Disk.
-    let step = progress::step("writing the disk");
-    let raw = path_of("raw");
-    let name = DiskName { image: &inputs.spec.name, version: &inputs.spec.version };
-    disk::write_raw(name, board, epoch, &image, &raw, work)?;
-    drop(image);
+    // 9. Disk: the ESP holding the UKI in a GPT disk, in the board's formats (raw, qcow2, raw.zst).
     let formats = &board.file.disk.formats;
-    let mut files = Vec::new();
-    if formats.contains(&DiskFormat::Raw) {
-        files.push(raw.clone());
+    let raw = path_of("raw");
+    let disk_outputs: Vec<(&str, PathBuf)> =
+        [(DiskFormat::Raw, "raw"), (DiskFormat::Qcow2, "qcow2"), (DiskFormat::RawZst, "raw.zst")]
+            .into_iter()
+            .filter(|(format, _)| formats.contains(format))
+            .map(|(_, kind)| (kind, path_of(kind)))
+            .collect();
+    let disk_key = Key::new(
+        format!("disk-{arch}"),
+        code("disk"),
+        &json!({
+            "common": common,
+            "uki": uki_stored.file("uki.efi")?.sha256,
+            "tools": [tool_version("qemu-img", "--version")?],
+        }),
+    );
+    let disk_paths: Vec<(&str, &Path)> = disk_outputs.iter().map(|(kind, path)| (*kind, path.as_path())).collect();
+    let disk_stored = cache.run(&disk_key, &disk_paths, || {
+        let step = progress::step("writing the disk");
+        let image = fs::read(&uki).with_context(|| format!("reading {}", uki.display()))?;
+        let name = DiskName { image: &spec.name, version: &spec.version };
+        disk::write_raw(name, board, epoch, &image, &raw, work)?;
+        drop(image);
+        if formats.contains(&DiskFormat::Qcow2) {
+            disk::write_qcow2(&raw, &path_of("qcow2"))?;
+        }
+        if formats.contains(&DiskFormat::RawZst) {
+            step.set_message("compressing the disk (raw.zst)");
+            disk::write_raw_zst(&raw, &path_of("raw.zst"))?;
+        }
+        if !formats.contains(&DiskFormat::Raw) {
+            fs::remove_file(&raw).with_context(|| format!("removing {}", raw.display()))?;
+        }
+        step.done();
+        Ok(json!({}))
+    })?;
+    let mut artifacts = Vec::new();
+    for (kind, path) in &disk_outputs {
+        artifacts.push(record(path, disk_stored.file(kind)?));
     }
-    if formats.contains(&DiskFormat::Qcow2) {
-        let qcow2 = path_of("qcow2");
-        disk::write_qcow2(&raw, &qcow2)?;
-        files.push(qcow2);
-    }
-    if formats.contains(&DiskFormat::RawZst) {
-        step.set_message("compressing the disk (raw.zst)");
-        let raw_zst = path_of("raw.zst");
-        disk::write_raw_zst(&raw, &raw_zst)?;
-        files.push(raw_zst);
-    }
-    if !formats.contains(&DiskFormat::Raw) {
-        fs::remove_file(&raw).with_context(|| format!("removing {}", raw.display()))?;
-    }
+
+    // 10. For a signed build, the board's firmware variable store with the key set enrolled (not
+    //     cached: it is quick, and it would put the key set's digests in another key).
     let secure_boot_record = match secure_boot {
         Some(keys) => {
             let vars = match &board.file.secure_boot {
                 Some(firmware) => {
-                    step.set_message("enrolling the Secure Boot keys into the firmware variable store");
+                    let step = progress::step("enrolling the Secure Boot keys into the firmware variable store");
                     let vars = path_of(VARS_KIND);
                     disk::vars::write_vars(firmware, keys, &vars)?;
-                    files.push(vars.clone());
+                    step.done();
+                    artifacts.push(Artifact {
+                        file: artifact(&base, VARS_KIND),
+                        size: fs::metadata(&vars).with_context(|| format!("reading {}", vars.display()))?.len(),
+                        sha256: sha256_file(&vars)?,
+                    });
                     Some(artifact(&base, VARS_KIND))
                 }
                 None => None,
@@ -255,42 +533,42 @@ pub fn build(ws: &Workspace, board: &Board, secure_boot: Option<&SecureBootKeys>
         }
         None => None,
     };
-    step.done();
-    files.extend([uki, initramfs, rootfs_sqsh]);
-    files.extend(layers.iter().map(|layer| layer.sqsh.clone()));
+    artifacts.push(record(&uki, uki_stored.file("uki.efi")?));
+    artifacts.push(record(&initramfs, initramfs_stored.file("initramfs")?));
+    artifacts.push(record(&rootfs_sqsh, rootfs.file("rootfs.sqsh")?));
+    for (layer, stored) in &layers {
+        artifacts.push(record(&layer.sqsh, stored.file("layer.sqsh")?));
+    }
 
     // 11. SBOM.
     let sbom_path = path_of("spdx.json");
-    let sbom_input =
-        sbom::Input { spec: &inputs.spec, arch, epoch, lock_sha256: &lock_sha256, debs: &debs, machined: &machined };
-    sbom::write(&sbom_path, &sbom_input)?;
-    files.push(sbom_path);
+    let sbom_stored = cache.run(&sbom_key, &[("spdx.json", &sbom_path)], || {
+        let debs = on_demand.debs()?;
+        let sbom_input =
+            sbom::Input { spec, arch, epoch, lock_sha256: &lock_sha256, debs: &debs, machined: &machined_path };
+        sbom::write(&sbom_path, &sbom_input)?;
+        Ok(json!({}))
+    })?;
+    artifacts.push(record(&sbom_path, sbom_stored.file("spdx.json")?));
 
     // 12. manifest.json, and publish.
-    let mut artifacts = Vec::new();
-    for file in &files {
-        artifacts.push(Artifact {
-            file: file.file_name().and_then(|n| n.to_str()).context("artifact name")?.to_string(),
-            size: fs::metadata(file).with_context(|| format!("reading {}", file.display()))?.len(),
-            sha256: sha256_file(file)?,
-        });
-    }
     let manifest = Manifest {
-        image: inputs.spec.name.clone(),
-        version: inputs.spec.version.clone(),
+        image: spec.name.clone(),
+        version: spec.version.clone(),
         arch,
         board: board.name.clone(),
         source_date_epoch: epoch,
         lock_sha256,
-        kernel: parts.modules.release.clone(),
+        kernel: kernel.release.clone(),
         cmdline,
-        extensions: layer::records(&layers),
+        extensions: layer::records(&plain_layers),
         on_demand_modules,
-        kernel_requirements: Some(KernelRequirements { cilium }),
+        kernel_requirements: Some(KernelRequirements { cilium: kernel.cilium }),
         artifacts,
         secure_boot: secure_boot_record,
     };
     staging.publish(&manifest)?;
+    let fetched = on_demand.fetched.into_inner().unwrap_or_default();
     Ok(BuildReport {
         board: board.name.clone(),
         out_dir: out,
@@ -299,56 +577,38 @@ pub fn build(ws: &Workspace, board: &Board, secure_boot: Option<&SecureBootKeys>
         cached: fetched.cached,
         seconds: started.elapsed().as_secs_f64(),
         manifest,
+        stages: cache.outcomes(),
+        stage_cache_remote_bytes: cache.remote_bytes(),
         signed_with_key_id: None,
     })
 }
 
-/// The artifact kind of the firmware variable store: `<base>.secure-boot-vars.fd`.
-const VARS_KIND: &str = "secure-boot-vars.fd";
-
-/// The root tree and one tree per extension, assembled and checked in a work directory in the cache
-/// (not in out/, so a refused build leaves out/ exactly as it was).
-struct Trees {
-    _work: tempfile::TempDir,
-    rootfs: PathBuf,
-    layers: Vec<LayerTree>,
+/// What the kernel stage found, kept as its facts.
+#[derive(Serialize, Deserialize)]
+struct KernelFacts {
+    release: String,
+    boot_modules: Vec<String>,
+    cilium: kernel_requirements::Report,
 }
 
-const TREES_PREFIX: &str = "trees-";
-
-impl Trees {
-    fn build(ws: &Workspace, inputs: &BuildInputs, arch: Arch, debs: &[(&LockedPackage, &Path)]) -> Result<Trees> {
-        let spec = &inputs.spec;
-        let policy = Policy::from_spec(spec).with_context(|| format!("{}", inputs.spec_path.display()))?;
-        let cache = ws.cache_dir();
-        ensure_dir(&cache)?;
-        publish::remove_abandoned(&cache, TREES_PREFIX);
-        let work = tempfile::Builder::new()
-            .prefix(TREES_PREFIX)
-            .tempdir_in(&cache)
-            .with_context(|| format!("creating a work directory in {}", cache.display()))?;
-
-        let step = progress::step("unpacking the root filesystem");
-        let rootfs = work.path().join("rootfs");
-        let root_debs: Vec<tree::DebInput> = debs
-            .iter()
-            .filter(|(p, _)| p.set == PackageSet::Rootfs)
-            .map(|(p, path)| tree::DebInput { name: &p.name, deb: path })
-            .collect();
-        tree::build(&rootfs, spec, &inputs.spec_path, arch, &root_debs, &ws.overlays_dir(), &policy)?;
-        step.done();
-
-        let mut layers = Vec::new();
-        for extension in &inputs.extensions {
-            let step = progress::step(format!("assembling extension {}", extension.name));
-            let tree = work.path().join(format!("extension-{}", extension.name));
-            extension::build_tree(extension, &tree, arch, debs, &policy)?;
-            step.done();
-            layers.push(LayerTree { metadata: extension.manifest.metadata.clone(), tree });
-        }
-        Ok(Trees { _work: work, rootfs, layers })
+/// An artifact as manifest.json lists it, from its stage's record (checked when it was stored or
+/// taken from the cache, so nothing is hashed twice).
+fn record(path: &Path, file: &FileRecord) -> Artifact {
+    Artifact {
+        file: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        size: file.size,
+        sha256: file.sha256.clone(),
     }
 }
+
+fn set_executable(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("making {} executable", path.display()))
+}
+
+/// The artifact kind of the firmware variable store: `<base>.secure-boot-vars.fd`.
+const VARS_KIND: &str = "secure-boot-vars.fd";
 
 /// For bench: a disk with the same firmware path, stub and kernel as the board's image but a trivial
 /// initramfs (machined alone, told by `machined.floor=1` to report at once and power off). Booting it

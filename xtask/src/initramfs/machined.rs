@@ -117,7 +117,7 @@ struct Built {
 
 fn build_from(crate_dir: &Path, arch: Arch, cache_dir: &Path, work_dir: &Path) -> Result<Built> {
     check_toolchain(arch)?;
-    let key = cache_key(crate_dir, arch)?;
+    let key = key_of(crate_dir, arch)?;
     let entry_dir = cache_dir.join("machined");
     let entry = entry_dir.join(&key);
 
@@ -281,7 +281,13 @@ fn static_libc(arch: Arch) -> Result<PathBuf> {
 }
 
 /// Hex sha256 over everything that decides the binary. Paths of the checkout do not enter it.
-fn cache_key(crate_dir: &Path, arch: Arch) -> Result<String> {
+/// The digest of everything that decides machined's binary for `arch` (the stage cache's key too).
+pub fn cache_key(arch: Arch) -> Result<String> {
+    check_toolchain(arch)?;
+    key_of(&crate_dir(), arch)
+}
+
+fn key_of(crate_dir: &Path, arch: Arch) -> Result<String> {
     let root = workspace_root(crate_dir)?;
     let mut h = Sha256::new();
     let mut field = |bytes: &[u8]| {
@@ -451,8 +457,8 @@ mod tests {
         let copy = copy_workspace(&dir.path().join("a/much/longer/path/to/another/clone"));
         for arch in Arch::ALL {
             assert_eq!(
-                cache_key(&original, arch).unwrap(),
-                cache_key(&copy, arch).unwrap(),
+                key_of(&original, arch).unwrap(),
+                key_of(&copy, arch).unwrap(),
                 "{arch}: key depends on the path"
             );
             let a = build_from(&original, arch, &dir.path().join("cache-a"), &dir.path().join("work-a")).unwrap();
@@ -467,18 +473,18 @@ mod tests {
         crate::tasks::host_tools::for_unit_tests();
         let dir = tempfile::tempdir().unwrap();
         let crate_dir = copy_workspace(dir.path());
-        let one = cache_key(&crate_dir, Arch::Amd64).unwrap();
-        assert_ne!(one, cache_key(&crate_dir, Arch::Arm64).unwrap());
+        let one = key_of(&crate_dir, Arch::Amd64).unwrap();
+        assert_ne!(one, key_of(&crate_dir, Arch::Arm64).unwrap());
         std::fs::write(crate_dir.join("src/extra.rs"), "").unwrap();
-        let two = cache_key(&crate_dir, Arch::Amd64).unwrap();
+        let two = key_of(&crate_dir, Arch::Amd64).unwrap();
         assert_ne!(one, two);
         let main = std::fs::read_to_string(crate_dir.join("src/main.rs")).unwrap();
         std::fs::write(crate_dir.join("src/main.rs"), format!("{main}\n")).unwrap();
-        let three = cache_key(&crate_dir, Arch::Amd64).unwrap();
+        let three = key_of(&crate_dir, Arch::Amd64).unwrap();
         assert_ne!(two, three);
         let lock = std::fs::read_to_string(dir.path().join("Cargo.lock")).unwrap();
         std::fs::write(dir.path().join("Cargo.lock"), format!("{lock}\n")).unwrap();
-        assert_ne!(three, cache_key(&crate_dir, Arch::Amd64).unwrap(), "the lock pins the crates");
+        assert_ne!(three, key_of(&crate_dir, Arch::Amd64).unwrap(), "the lock pins the crates");
     }
 
     #[test]

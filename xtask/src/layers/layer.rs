@@ -3,7 +3,6 @@
 
 use super::manifest::Metadata;
 use crate::rootfs::squashfs;
-use crate::spec::names::layer_artifact;
 use crate::spec::protocol::EXTENSION_IMAGES;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -40,15 +39,9 @@ struct ConfigLayer<'a> {
     metadata: &'a Metadata,
 }
 
-/// Makes every extension's squashfs in `dir`, named as published.
-pub fn make(trees: &[LayerTree], dir: &Path, base: &str, epoch: i64) -> Result<Vec<Layer>> {
-    let mut layers = Vec::new();
-    for tree in trees {
-        let sqsh = dir.join(layer_artifact(base, &tree.metadata.name));
-        squashfs::make(&tree.tree, &sqsh, epoch).with_context(|| format!("extension {}", tree.metadata.name))?;
-        layers.push(Layer { metadata: tree.metadata.clone(), sqsh });
-    }
-    Ok(layers)
+/// Makes one extension's squashfs at `sqsh`.
+pub fn make(tree: &LayerTree, sqsh: &Path, epoch: i64) -> Result<()> {
+    squashfs::make(&tree.tree, sqsh, epoch).with_context(|| format!("extension {}", tree.metadata.name))
 }
 
 pub fn records(layers: &[Layer]) -> Vec<LayerRecord> {

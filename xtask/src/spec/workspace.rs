@@ -46,6 +46,11 @@ impl Workspace {
         Workspace { cache_dir: cache_dir.to_path_buf(), out_dir: out_dir.to_path_buf(), ..self.clone() }
     }
 
+    /// The same workspace reading its overlays (and extensions) from `overlays_dir`.
+    pub fn with_overlays(&self, overlays_dir: &Path) -> Workspace {
+        Workspace { overlays_dir: overlays_dir.to_path_buf(), ..self.clone() }
+    }
+
     pub fn spec_path(&self) -> PathBuf {
         self.spec.clone()
     }

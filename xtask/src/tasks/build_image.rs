@@ -4,9 +4,12 @@
 use super::{print_json, Global};
 use crate::image::{build, reproducible};
 use crate::sign::{dir::sign_dir, minisign::SecretKey};
+use crate::spec::workspace::Workspace;
 use crate::spec::{select_board, Arch};
 use crate::uki::secure_boot::{SecureBootKeys, DB_KEY_ENV, KEYS_DIR_ENV};
-use anyhow::Result;
+use crate::upload::stage_cache::S3StageCache;
+use crate::util::stage_cache::{Remote, StageCache, STAGE_CACHE_ENV};
+use anyhow::{Context, Result};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -36,6 +39,41 @@ pub struct BuildImageArgs {
     /// artifact and byte offset, keeps both builds for inspection and exits non-zero
     #[arg(long, conflicts_with = "secret_key")]
     pub check_reproducible: bool,
+    #[command(flatten)]
+    pub stage_cache: StageCacheArgs,
+}
+
+/// Where the build's stages are cached (shared with `release`).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct StageCacheArgs {
+    /// The local stage cache [default: <cache-dir>/stages]
+    #[arg(long, value_name = "DIR", env = "XTASK_STAGE_CACHE_DIR")]
+    pub stage_cache_dir: Option<PathBuf>,
+    /// Also read, and unless read-only write, stage outputs in this object store, reached as `upload`
+    /// reaches one (endpoint AWS_ENDPOINT_URL, credentials from the environment or the profile). A
+    /// store that fails is a warning and the build goes on without it
+    #[arg(long, value_name = "s3://BUCKET/PREFIX", env = STAGE_CACHE_ENV)]
+    pub stage_cache: Option<String>,
+    /// Read the stage caches but store nothing in them (for untrusted builds, such as pull requests)
+    #[arg(long, env = "XTASK_STAGE_CACHE_READ_ONLY")]
+    pub stage_cache_read_only: bool,
+    /// Run every stage; read and write no stage cache
+    #[arg(long, conflicts_with_all = ["stage_cache", "stage_cache_dir", "stage_cache_read_only"])]
+    pub no_stage_cache: bool,
+}
+
+impl StageCacheArgs {
+    pub fn open(&self, ws: &Workspace) -> Result<StageCache> {
+        if self.no_stage_cache {
+            return Ok(StageCache::disabled());
+        }
+        let local = self.stage_cache_dir.clone().unwrap_or_else(|| ws.cache_dir().join("stages"));
+        let remote: Option<Box<dyn Remote>> = match self.stage_cache.as_deref().filter(|s| !s.is_empty()) {
+            Some(url) => Some(Box::new(S3StageCache::connect(url).with_context(|| format!("--stage-cache {url}"))?)),
+            None => None,
+        };
+        Ok(StageCache::new(Some(local), remote, self.stage_cache_read_only))
+    }
 }
 
 pub fn run(global: &Global, args: &BuildImageArgs) -> Result<()> {
@@ -47,7 +85,8 @@ pub fn run(global: &Global, args: &BuildImageArgs) -> Result<()> {
         return check_reproducible(global, args, &board, secure_boot.as_ref());
     }
     let key = SecretKey::load_configured(args.secret_key.as_deref())?;
-    let mut report = build::build(&ws, &board, secure_boot.as_ref())?;
+    let cache = args.stage_cache.open(&ws)?;
+    let mut report = build::build(&ws, &board, secure_boot.as_ref(), &cache)?;
     if let Some(key) = &key {
         sign_dir(&report.out_dir, key)?;
         report.signed_with_key_id = Some(key.key_id().to_string());
@@ -66,6 +105,7 @@ pub fn run(global: &Global, args: &BuildImageArgs) -> Result<()> {
         report.cached,
         report.out_dir.display()
     );
+    println!("  {}", report.stages_line());
     if let Some(record) = &report.manifest.secure_boot {
         println!(
             "  UKI signed for Secure Boot with the db key of {} (certificate sha256 {}){}",

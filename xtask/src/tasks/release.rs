@@ -3,6 +3,7 @@
 //! first failure, so nothing is uploaded unless every boot test passed and every directory verified.
 //! One summary at the end (human or `--json`).
 
+use super::build_image::StageCacheArgs;
 use super::upload::{print_summary, PublishArgs};
 use super::{print_json, Global};
 use crate::boot::qemu::Accel;
@@ -42,6 +43,8 @@ pub struct ReleaseArgs {
     pub secure_boot_keys: Option<PathBuf>,
     #[command(flatten)]
     pub publish: PublishArgs,
+    #[command(flatten)]
+    pub stage_cache: StageCacheArgs,
 }
 
 #[derive(Serialize)]
@@ -94,13 +97,14 @@ pub fn run(global: &Global, args: &ReleaseArgs) -> Result<()> {
         }
         None => None,
     };
+    let stage_cache = args.stage_cache.open(&ws)?;
     let boards: Vec<Board> =
         Arch::ALL.iter().map(|&arch| select_board(&ws.boards_dir(), None, Some(arch))).collect::<Result<_>>()?;
 
     let mut arches = Vec::new();
     for board in &boards {
         progress::note(format!("release: building {}", board.name));
-        let report = build::build(&ws, board, secure_boot.as_ref())?;
+        let report = build::build(&ws, board, secure_boot.as_ref(), &stage_cache)?;
         arches.push(ArchRelease {
             arch: board.arch(),
             board: board.name.clone(),

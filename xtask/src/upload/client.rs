@@ -92,7 +92,8 @@ impl Store {
         Store::with_settings(bucket, options, &settings)
     }
 
-    fn with_settings(bucket: &str, options: &Options, settings: &Settings) -> Result<Store> {
+    /// Connects to `bucket` with settings resolved already.
+    pub fn with_settings(bucket: &str, options: &Options, settings: &Settings) -> Result<Store> {
         let endpoint = options.endpoint.clone().or_else(|| settings.endpoint.clone());
         let region = options.region.clone().or_else(|| settings.region.clone()).unwrap_or(DEFAULT_REGION.to_string());
         let build = |timeout: Duration| -> Result<Arc<dyn Backend>> {

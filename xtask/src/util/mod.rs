@@ -9,4 +9,5 @@ pub mod fs;
 pub mod host;
 pub mod paths;
 pub mod progress;
+pub mod stage_cache;
 pub mod tree;
