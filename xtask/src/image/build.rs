@@ -309,7 +309,7 @@ pub fn build(
         "boot-modules": board.file.boot_modules,
         "network": board.file.network.as_ref().map(|n| &n.modules),
     });
-    let kernel_key = Key::new(format!("kernel-{arch}"), code("initramfs"), &kernel_inputs);
+    let kernel_key = Key::new(format!("kernel-{arch}"), code("uki"), &kernel_inputs);
     let kernel = cache.run(&kernel_key, &[], || {
         let parts = on_demand.parts()?;
         let load_order = on_demand.load_order()?;
@@ -338,7 +338,8 @@ pub fn build(
     }
     let rootfs_key = Key::new(
         format!("rootfs-{arch}"),
-        code("rootfs"),
+        // The on-demand module tree comes from the unpacked kernel (uki/) through initramfs/kmod.rs.
+        code("uki"),
         &json!({
             "common": common,
             "packages": set_digests(&wanted, &PackageSet::Rootfs),
@@ -387,6 +388,8 @@ pub fn build(
                 "common": common,
                 "dir": dir_digest(&extension.dir)?,
                 "packages": set_digests(&wanted, &PackageSet::Extension(extension.name.clone())),
+                // Its ld.so.cache leaves out what the node's root has, named by the root's packages.
+                "root-packages": set_digests(&wanted, &PackageSet::Rootfs),
                 "tools": [&mksquashfs],
             }),
         );
@@ -400,7 +403,8 @@ pub fn build(
             step.done();
             Ok(json!({}))
         })?;
-        layer_digests.push((extension.name.clone(), stored.file("layer.sqsh")?.sha256.clone()));
+        // The metadata goes into extensions.yaml and machined's list, not into the layer's bytes.
+        layer_digests.push(json!([&extension.manifest.metadata, stored.file("layer.sqsh")?.sha256]));
         layers.push((Layer { metadata: extension.manifest.metadata.clone(), sqsh }, stored));
     }
 
@@ -408,7 +412,7 @@ pub fn build(
     let initramfs = path_of("initramfs");
     let initramfs_key = Key::new(
         format!("initramfs-{arch}"),
-        code("initramfs"),
+        code("uki"),
         &json!({
             "common": common,
             "machined": machined_sha256,
