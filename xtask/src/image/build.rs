@@ -22,8 +22,9 @@
 //!
 //! Steps 3 to 9 and 11 are stages of the stage cache (util/stage_cache.rs): each is run only when
 //! the cache holds no intact output for its key, the digest of its inputs and code. Every output is
-//! written into a staging directory beside out/<board>/, which step 12 exchanges with it in one
-//! rename; see publish.rs.
+//! made in a work directory in the cache (so a failed build never touches out/); step 12 moves them
+//! into a staging directory beside out/<board>/ and exchanges it with out/<board>/ in one rename; see
+//! publish.rs.
 
 use super::inputs::BuildInputs;
 use super::manifest::{Artifact, KernelRequirements, Manifest, SecureBootRecord};
@@ -158,10 +159,11 @@ struct OnDemand<'a> {
     fetched: OnceCell<FetchReport>,
     parts: OnceCell<uki::Parts>,
     load_order: OnceCell<Vec<(String, PathBuf)>>,
-    trees: OnceCell<tempfile::TempDir>,
+    work: &'a Path,
 }
 
-const TREES_PREFIX: &str = "trees-";
+/// The build's work directories in the cache: `build-*`.
+const WORK_PREFIX: &str = "build-";
 
 impl<'a> OnDemand<'a> {
     fn debs(&self) -> Result<Vec<(&'a LockedPackage, &Path)>> {
@@ -220,19 +222,12 @@ impl<'a> OnDemand<'a> {
         Ok(self.load_order.get().expect("set above"))
     }
 
-    /// A work directory in the cache for the trees (not in out/, so a refused build leaves out/
-    /// exactly as it was).
+    /// Where the tree `name` is assembled: in the work directory, not in out/, so a refused build
+    /// leaves out/ exactly as it was.
     fn tree_dir(&self, name: &str) -> Result<PathBuf> {
-        if self.trees.get().is_none() {
-            let cache = self.ws.cache_dir();
-            ensure_dir(&cache)?;
-            let work = tempfile::Builder::new()
-                .prefix(TREES_PREFIX)
-                .tempdir_in(&cache)
-                .with_context(|| format!("creating a work directory in {}", cache.display()))?;
-            let _ = self.trees.set(work);
-        }
-        Ok(self.trees.get().expect("set above").path().join(name))
+        let trees = self.work.join("trees");
+        ensure_dir(&trees)?;
+        Ok(trees.join(name))
     }
 }
 
@@ -259,7 +254,15 @@ pub fn build(
         reqs.extend(secure_boot_requirements(board));
     }
     host::ensure(&reqs)?;
-    publish::remove_abandoned(&ws.cache_dir(), TREES_PREFIX);
+    // Every output is made in a work directory in the cache and moved into out/ only at the end.
+    let cache_dir = ws.cache_dir();
+    ensure_dir(&cache_dir)?;
+    publish::remove_abandoned(&cache_dir, WORK_PREFIX);
+    let work_dir = tempfile::Builder::new()
+        .prefix(WORK_PREFIX)
+        .tempdir_in(&cache_dir)
+        .with_context(|| format!("creating a work directory in {}", cache_dir.display()))?;
+    let work = work_dir.path();
     let common = json!({ "arch": arch, "epoch": epoch, "spec": spec, "board": &board.file });
     let mksquashfs = tool_version("mksquashfs", "-version")?;
     let machined_inputs = machined::cache_key(arch)?;
@@ -280,12 +283,9 @@ pub fn build(
         fetched: OnceCell::new(),
         parts: OnceCell::new(),
         load_order: OnceCell::new(),
-        trees: OnceCell::new(),
+        work,
     };
 
-    let out = ws.board_out_dir(&board.name);
-    let staging = Staging::new(&out)?;
-    let work = staging.path();
     let base = format!("{}-{}", spec.name, arch);
     let path_of = |kind: &str| work.join(artifact(&base, kind));
 
@@ -571,6 +571,11 @@ pub fn build(
         artifacts,
         secure_boot: secure_boot_record,
     };
+    let out = ws.board_out_dir(&board.name);
+    let staging = Staging::new(&out)?;
+    for artifact in &manifest.artifacts {
+        staging.adopt(&work.join(&artifact.file))?;
+    }
     staging.publish(&manifest)?;
     let fetched = on_demand.fetched.into_inner().unwrap_or_default();
     Ok(BuildReport {

@@ -50,8 +50,22 @@ impl Staging {
         Ok(Staging { dir, out: out.to_path_buf() })
     }
 
+    /// The directory itself (the tests write into it as a build once did).
+    #[cfg(test)]
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Moves `file` into the staging directory under its name: a rename on one filesystem, else a
+    /// copy (its mode kept) and the original removed.
+    pub fn adopt(&self, file: &Path) -> Result<()> {
+        let name = file.file_name().with_context(|| format!("{} has no file name", file.display()))?;
+        let to = self.dir.path().join(name);
+        if fs::rename(file, &to).is_ok() {
+            return Ok(());
+        }
+        fs::copy(file, &to).with_context(|| format!("copying {} to {}", file.display(), to.display()))?;
+        fs::remove_file(file).with_context(|| format!("removing {}", file.display()))
     }
 
     /// Writes manifest.json, removes the staging directory's work files (anything the manifest does
