@@ -154,15 +154,9 @@ fn a_second_clone_builds_from_the_first_clones_remote_stages_without_downloading
     compare(&tmp.path().join("first/qemu-amd64"), &clone.join("out/qemu-amd64"));
 
     // Read-only: a changed input is built but not stored remotely.
-    std::fs::write(clone.join("overlays/extensions/iscsi-tools/rootfs/usr/local/etc/containers/iscsid.yaml"), {
-        let mut yaml = std::fs::read_to_string(
-            clone.join("overlays/extensions/iscsi-tools/rootfs/usr/local/etc/containers/iscsid.yaml"),
-        )
-        .unwrap();
-        yaml.push_str("# changed\n");
-        yaml
-    })
-    .unwrap();
+    let service = clone.join("overlays/extensions/iscsi-tools/rootfs/usr/local/etc/containers/iscsid.yaml");
+    let yaml = std::fs::read_to_string(&service).unwrap();
+    std::fs::write(&service, format!("{yaml}# changed\n")).unwrap();
     let mut read_only = garage.xtask();
     remote(&mut read_only);
     read_only

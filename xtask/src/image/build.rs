@@ -48,7 +48,7 @@ use crate::uki::secure_boot::SecureBootKeys;
 use crate::util::cmd::cmd;
 use crate::util::digest::sha256_file;
 use crate::util::epoch::source_date_epoch;
-use crate::util::fs::{ensure_dir, set_readable};
+use crate::util::fs::{ensure_dir, set_executable, set_readable};
 use crate::util::host::{self, Requirement};
 use crate::util::progress;
 use crate::util::stage_cache::{code_digest, dir_digest, FileRecord, Key, Outcome, Source, StageCache};
@@ -332,6 +332,7 @@ pub fn build(
     // 5. The root: its tree (packages, overlays, machined's copy, the on-demand module tree) checked
     //    and packed as squashfs.
     let rootfs_sqsh = path_of("rootfs.sqsh");
+    let root_packages = set_digests(&wanted, &PackageSet::Rootfs);
     let mut overlays = Vec::new();
     for overlay in &spec.overlays {
         overlays.push((overlay.clone(), dir_digest(&ws.overlays_dir().join(overlay))?));
@@ -342,7 +343,7 @@ pub fn build(
         code("uki"),
         &json!({
             "common": common,
-            "packages": set_digests(&wanted, &PackageSet::Rootfs),
+            "packages": root_packages,
             "kernel": kernel_key.digest,
             "overlays": overlays,
             "machined": machined_sha256,
@@ -378,6 +379,7 @@ pub fn build(
 
     // 6. Each extension: its tree assembled, checked (Talos's content rules, the no-shell policy) and packed.
     let mut layers = Vec::new();
+    let mut layer_files = Vec::new();
     let mut layer_digests = Vec::new();
     for extension in &inputs.extensions {
         let sqsh = work.join(layer_artifact(&base, &extension.name));
@@ -389,7 +391,7 @@ pub fn build(
                 "dir": dir_digest(&extension.dir)?,
                 "packages": set_digests(&wanted, &PackageSet::Extension(extension.name.clone())),
                 // Its ld.so.cache leaves out what the node's root has, named by the root's packages.
-                "root-packages": set_digests(&wanted, &PackageSet::Rootfs),
+                "root-packages": root_packages,
                 "tools": [&mksquashfs],
             }),
         );
@@ -404,8 +406,10 @@ pub fn build(
             Ok(json!({}))
         })?;
         // The metadata goes into extensions.yaml and machined's list, not into the layer's bytes.
-        layer_digests.push(json!([&extension.manifest.metadata, stored.file("layer.sqsh")?.sha256]));
-        layers.push((Layer { metadata: extension.manifest.metadata.clone(), sqsh }, stored));
+        let file = stored.file("layer.sqsh")?.clone();
+        layer_digests.push(json!([&extension.manifest.metadata, file.sha256]));
+        layers.push(Layer { metadata: extension.manifest.metadata.clone(), sqsh });
+        layer_files.push(file);
     }
 
     // 7. Initramfs: machined, the root squashfs, the boot modules, then the extension layers.
@@ -421,8 +425,6 @@ pub fn build(
             "layers": layer_digests,
         }),
     );
-    let plain_layers: Vec<Layer> =
-        layers.iter().map(|(l, _)| Layer { metadata: l.metadata.clone(), sqsh: l.sqsh.clone() }).collect();
     let initramfs_stored = cache.run(&initramfs_key, &[("initramfs", &initramfs)], || {
         let step = progress::step("writing the initramfs");
         let parts = on_demand.parts()?;
@@ -431,7 +433,7 @@ pub fn build(
             rootfs_sqsh: &rootfs_sqsh,
             modules: &parts.modules,
             load_order: on_demand.load_order()?,
-            layers: &plain_layers,
+            layers: &layers,
         };
         initramfs::write_node(&initramfs, epoch, &contents)?;
         step.done();
@@ -540,8 +542,8 @@ pub fn build(
     artifacts.push(record(&uki, uki_stored.file("uki.efi")?));
     artifacts.push(record(&initramfs, initramfs_stored.file("initramfs")?));
     artifacts.push(record(&rootfs_sqsh, rootfs.file("rootfs.sqsh")?));
-    for (layer, stored) in &layers {
-        artifacts.push(record(&layer.sqsh, stored.file("layer.sqsh")?));
+    for (layer, file) in layers.iter().zip(&layer_files) {
+        artifacts.push(record(&layer.sqsh, file));
     }
 
     // 11. SBOM.
@@ -565,7 +567,7 @@ pub fn build(
         lock_sha256,
         kernel: kernel.release.clone(),
         cmdline,
-        extensions: layer::records(&plain_layers),
+        extensions: layer::records(&layers),
         on_demand_modules,
         kernel_requirements: Some(KernelRequirements { cilium: kernel.cilium }),
         artifacts,
@@ -608,12 +610,6 @@ fn record(path: &Path, file: &FileRecord) -> Artifact {
         size: file.size,
         sha256: file.sha256.clone(),
     }
-}
-
-fn set_executable(path: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o755))
-        .with_context(|| format!("making {} executable", path.display()))
 }
 
 /// The artifact kind of the firmware variable store: `<base>.secure-boot-vars.fd`.

@@ -13,6 +13,7 @@
 use crate::spec::Arch;
 use crate::util::cmd::{cmd, Cmd};
 use crate::util::digest::hex;
+use crate::util::fs::set_executable;
 use crate::util::host::{pkg_req, req, Requirement};
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
@@ -145,12 +146,6 @@ fn build_from(crate_dir: &Path, arch: Arch, cache_dir: &Path, work_dir: &Path) -
     set_executable(tmp.path())?;
     tmp.persist(&path).with_context(|| format!("writing {}", path.display()))?;
     Ok(Built { path, cache_hit })
-}
-
-fn set_executable(path: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
-        .with_context(|| format!("making {} executable", path.display()))
 }
 
 /// Where cargo keeps the crates it downloaded (their sources' paths are remapped).

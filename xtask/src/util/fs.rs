@@ -43,6 +43,12 @@ pub fn write_new(path: &Path, data: &[u8]) -> Result<()> {
         .with_context(|| format!("setting the mode of {}", path.display()))
 }
 
+/// Mode 0755: an executable the image or a build runs.
+pub fn set_executable(path: &Path) -> Result<()> {
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("making {} executable", path.display()))
+}
+
 /// Temporary files are created 0600; cache entries and lockfiles are ordinary 0644 files.
 pub fn set_readable(path: &Path) -> Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(0o644))

@@ -19,6 +19,7 @@
 //! a warning and the build goes on storing nothing; a bad entry is removed and rebuilt.
 
 use super::digest::{hex, sha256_file};
+use super::fs::{write_atomic_unsynced, write_new};
 use super::progress;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -275,10 +276,13 @@ impl StageCache {
             }
         }
         if rehashed {
-            let _ = fs::write(entry.join(CHECKED_FILE), serde_json::to_vec(&checked).unwrap_or_default());
+            let _ = write_atomic_unsynced(&entry.join(CHECKED_FILE), &serde_json::to_vec(&checked).unwrap_or_default());
         }
         // The modification time of entry.json says when the entry was last used (pruning keeps the newest).
-        let _ = fs::File::options().append(true).open(entry.join(ENTRY_FILE)).and_then(|f| f.set_modified(now()));
+        let _ = fs::File::options()
+            .append(true)
+            .open(entry.join(ENTRY_FILE))
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
         Some(stored)
     }
 
@@ -328,7 +332,7 @@ impl StageCache {
                     )));
                 }
                 self.remote_bytes.set(self.remote_bytes.get() + bytes.len() as u64);
-                write_file(dest, &bytes)?;
+                write_new(dest, &bytes)?;
             }
             Ok(Ok(stored))
         })();
@@ -411,10 +415,6 @@ fn short(digest: &str) -> &str {
     &digest[..digest.len().min(12)]
 }
 
-fn now() -> std::time::SystemTime {
-    std::time::SystemTime::now()
-}
-
 /// What a file was when it was last hashed.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 struct Stamp {
@@ -448,22 +448,15 @@ fn store_entry(stage_dir: &Path, key: &Key, outputs: &[(&str, &Path)], stored: &
         let meta = fs::metadata(&to).with_context(|| format!("reading {}", to.display()))?;
         checked.insert(name.to_string(), Stamp::of(&meta));
     }
-    write_file(&tmp.path().join(ENTRY_FILE), &serde_json::to_vec_pretty(stored)?)?;
-    write_file(&tmp.path().join(CHECKED_FILE), &serde_json::to_vec(&checked)?)?;
+    write_new(&tmp.path().join(ENTRY_FILE), &serde_json::to_vec_pretty(stored)?)?;
+    write_new(&tmp.path().join(CHECKED_FILE), &serde_json::to_vec(&checked)?)?;
     let entry = stage_dir.join(&key.digest);
     if entry.exists() {
         fs::remove_dir_all(&entry).with_context(|| format!("removing the old {}", entry.display()))?;
     }
     let tmp = tmp.keep();
     fs::rename(&tmp, &entry).with_context(|| format!("renaming {} to {}", tmp.display(), entry.display()))?;
-    write_file(&stage_dir.join(format!("inputs-{}", key.inputs_digest)), key.code.as_bytes())?;
-    Ok(())
-}
-
-fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut file = fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(bytes).with_context(|| format!("writing {}", path.display()))?;
+    write_atomic_unsynced(&stage_dir.join(format!("inputs-{}", key.inputs_digest)), key.code.as_bytes())?;
     Ok(())
 }
 
