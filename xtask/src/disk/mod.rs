@@ -68,6 +68,12 @@ pub fn write_raw(name: DiskName, board: &Board, epoch: i64, uki: &[u8], raw: &Pa
 /// 102.9 MB; level 19 44 s, 102.3 MB) and would cost every build its time.
 const RAW_ZST_LEVEL: i32 = 3;
 
+/// raw.zst's window: 128 MiB, with long-distance matching. The squashfs layers compress each file
+/// alike, so the libraries every extension carries (glibc and others) are the same bytes tens of MB
+/// apart, which a default window (8 MiB at level 3) cannot see. 2^27 is also the most `zstd -d`,
+/// `unzstd` and zstd's libraries accept without being told to use more memory.
+const RAW_ZST_WINDOW_LOG: u32 = 27;
+
 /// Compresses the raw disk to `raw_zst` with zstd (one frame, single-threaded, so the bytes depend
 /// only on the input, the level and the zstd library version), with its size and a checksum in the
 /// frame so `zstd -d` and `unzstd` check what they unpack.
@@ -78,6 +84,8 @@ pub fn write_raw_zst(raw: &Path, raw_zst: &Path) -> Result<()> {
     let mut encoder = zstd::stream::Encoder::new(std::io::BufWriter::new(output), RAW_ZST_LEVEL)
         .context("starting the zstd encoder")?;
     encoder.include_checksum(true).context("asking zstd for a checksum")?;
+    encoder.window_log(RAW_ZST_WINDOW_LOG).context("setting zstd's window")?;
+    encoder.long_distance_matching(true).context("asking zstd for long-distance matching")?;
     encoder.set_pledged_src_size(Some(size)).context("telling zstd the disk's size")?;
     std::io::copy(&mut std::io::BufReader::new(input), &mut encoder)
         .with_context(|| format!("compressing {} into {}", raw.display(), raw_zst.display()))?;

@@ -18,6 +18,13 @@ use std::path::{Path, PathBuf};
 /// single-threaded one's and must not vary with the machine.
 const ZSTD_LEVEL: i32 = 3;
 
+/// The appended archive's window: 32 MiB, with long-distance matching. Each layer carries its own copy
+/// of the libraries its service needs (glibc and others), compressed alike in every layer, and a
+/// default window (8 MiB at level 3) does not reach from one layer to the next: 3.9 MB less for the
+/// firmware to read on amd64. The kernel's unpacker holds the window in memory while it unpacks, so
+/// it is kept to what the layers fill.
+const ZSTD_WINDOW_LOG: u32 = 25;
+
 enum Entry<'a> {
     Dir,
     File(PathBuf, u32),
@@ -76,8 +83,10 @@ impl<'a> Archive<'a> {
             .append(true)
             .open(out)
             .with_context(|| format!("opening {} to append to it", out.display()))?;
-        let encoder = zstd::stream::write::Encoder::new(std::io::BufWriter::new(file), ZSTD_LEVEL)
+        let mut encoder = zstd::stream::write::Encoder::new(std::io::BufWriter::new(file), ZSTD_LEVEL)
             .context("starting the zstd encoder")?;
+        encoder.window_log(ZSTD_WINDOW_LOG).context("setting zstd's window")?;
+        encoder.long_distance_matching(true).context("asking zstd for long-distance matching")?;
         self.write_to(encoder, epoch)?
             .finish()
             .context("finishing the zstd stream")?

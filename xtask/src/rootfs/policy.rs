@@ -34,6 +34,22 @@ const POLICY_NAME: &str = "no-shell policy";
 /// How many violations an error lists before summarising the rest.
 const LISTED: usize = 20;
 
+/// Documentation no one on a node can read (there is no shell, pager or man): change logs, release
+/// notes, manuals, info pages and translations, in the root and in every extension (6 MB of files, half
+/// of them in the extensions, read by the firmware on every boot). The packages' copyright files stay:
+/// they are the licences the image is distributed under.
+const DOCUMENTATION: &[&str] = &[
+    "/usr/share/doc/*/changelog*",
+    "/usr/share/doc/*/NEWS*",
+    "/usr/share/doc/*/README*",
+    "/usr/share/doc/*/TODO*",
+    "/usr/share/doc/**/*.html",
+    "/usr/share/doc/*/*/**",
+    "/usr/share/man",
+    "/usr/share/info",
+    "/usr/share/locale",
+];
+
 /// Removes everything under `tree` that matches one of `patterns` (absolute globs, as seen from
 /// `tree`'s root), dropping it from `provenance` too. A pattern that matches nothing is an error
 /// naming `origin` (the file and field it came from): it is a typo or no longer needed. Returns how
@@ -41,7 +57,26 @@ const LISTED: usize = 20;
 pub fn drop_files(tree: &Path, patterns: &[String], provenance: &mut Provenance, origin: &str) -> Result<usize> {
     let compiled: Vec<glob::Pattern> =
         patterns.iter().map(|p| path_glob(p).with_context(|| origin.to_string())).collect::<Result<_>>()?;
-    let mut hits = vec![0usize; compiled.len()];
+    let (removed, hits) = remove_matching(tree, &compiled, provenance)?;
+    if let Some(unused) = hits.iter().position(|&n| n == 0) {
+        bail!("{origin}: {:?} matches nothing in {}; remove the entry", patterns[unused], tree.display());
+    }
+    Ok(removed)
+}
+
+/// Removes [`DOCUMENTATION`] from `tree` (a root, or an extension's package root), whatever of it is there.
+pub fn drop_documentation(tree: &Path, provenance: &mut Provenance) -> Result<usize> {
+    let compiled: Vec<glob::Pattern> = DOCUMENTATION.iter().map(|p| path_glob(p)).collect::<Result<_>>()?;
+    Ok(remove_matching(tree, &compiled, provenance)?.0)
+}
+
+/// Removes what matches `patterns` under `tree`: (entries removed, matches per pattern).
+fn remove_matching(
+    tree: &Path,
+    patterns: &[glob::Pattern],
+    provenance: &mut Provenance,
+) -> Result<(usize, Vec<usize>)> {
+    let mut hits = vec![0usize; patterns.len()];
     let mut doomed: Vec<(PathBuf, bool)> = Vec::new();
     let mut walk = walkdir::WalkDir::new(tree).min_depth(1).sort_by_file_name().into_iter();
     while let Some(entry) = walk.next() {
@@ -49,7 +84,7 @@ pub fn drop_files(tree: &Path, patterns: &[String], provenance: &mut Provenance,
         let rel = entry.path().strip_prefix(tree)?.to_path_buf();
         let shown = format!("/{}", rel.display());
         let mut matched = false;
-        for (pattern, count) in compiled.iter().zip(hits.iter_mut()) {
+        for (pattern, count) in patterns.iter().zip(hits.iter_mut()) {
             if pattern.matches_with(&shown, GLOB_OPTIONS) {
                 *count += 1;
                 matched = true;
@@ -63,9 +98,6 @@ pub fn drop_files(tree: &Path, patterns: &[String], provenance: &mut Provenance,
             doomed.push((rel, is_dir));
         }
     }
-    if let Some(unused) = hits.iter().position(|&n| n == 0) {
-        bail!("{origin}: {:?} matches nothing in {}; remove the entry", patterns[unused], tree.display());
-    }
     for (rel, is_dir) in &doomed {
         let path = tree.join(rel);
         if *is_dir {
@@ -75,7 +107,7 @@ pub fn drop_files(tree: &Path, patterns: &[String], provenance: &mut Provenance,
         }
         provenance.retain(|recorded, _| !recorded.starts_with(rel));
     }
-    Ok(doomed.len())
+    Ok((doomed.len(), hits))
 }
 
 /// The built-in lists plus the spec's `deny-files`.
@@ -329,6 +361,35 @@ mod tests {
                 .unwrap_err()
                 .to_string();
         assert!(err.contains("node.toml, field `drop-files`") && err.contains("matches nothing"), "{err}");
+    }
+
+    #[test]
+    fn documentation_goes_and_copyright_files_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let files = [
+            "usr/share/doc/qemu-guest-agent/copyright",
+            "usr/share/doc/qemu-guest-agent/changelog.Debian.gz",
+            "usr/share/doc/qemu-guest-agent/qemu-qmp-ref.html",
+            "usr/share/doc/util-linux/NEWS.gz",
+            "usr/share/doc/util-linux/releases/v2.41-ReleaseNotes",
+            "usr/share/doc/e2fsprogs/README",
+            "usr/share/man/man8/mke2fs.8.gz",
+            "usr/share/locale/de/LC_MESSAGES/e2fsprogs.mo",
+            "usr/sbin/mke2fs",
+        ];
+        let mut provenance = Provenance::new();
+        for file in files {
+            fs::create_dir_all(root.join(file).parent().unwrap()).unwrap();
+            fs::write(root.join(file), "").unwrap();
+            provenance.insert(PathBuf::from(file), "some-package".into());
+        }
+        drop_documentation(root, &mut provenance).unwrap();
+        let left: Vec<&str> = files.into_iter().filter(|f| root.join(f).exists()).collect();
+        assert_eq!(left, ["usr/share/doc/qemu-guest-agent/copyright", "usr/sbin/mke2fs"]);
+        assert_eq!(provenance.len(), 2);
+        // A tree without documentation is fine: nothing to remove is not an error here.
+        assert_eq!(drop_documentation(root, &mut provenance).unwrap(), 0);
     }
 
     #[test]
