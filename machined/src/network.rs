@@ -66,6 +66,8 @@ pub struct State {
     pub time: TimeState,
     /// Set once every link has been configured (addresses applied or the first DHCP round over).
     pub settled: bool,
+    /// Set when the node shuts down: /run is about to be unmounted, so its files are no longer kept.
+    pub stopping: bool,
 }
 
 impl State {
@@ -335,10 +337,19 @@ fn fallback_hostname(links: &[Link]) -> String {
     }
 }
 
+/// Stops keeping /run's files (the shutdown unmounts /run; a lease lost as the links go down would
+/// otherwise be written to the read-only root underneath).
+pub fn stop(shared: &Shared) {
+    lock(shared).stopping = true;
+}
+
 /// Sets the host name and writes /run/machined/{resolv.conf,hosts} from the state.
 fn write_etc(shared: &Shared, links: &[Link]) {
     let (hostname, resolv, hosts) = {
         let mut state = lock(shared);
+        if state.stopping {
+            return;
+        }
         if state.hostname.is_none() {
             state.hostname = Some(fallback_hostname(links));
             state.hostname_source = "mac".into();

@@ -345,6 +345,9 @@ impl Node {
     pub fn shutdown(&mut self, reason: &str, action: PowerAction) -> ! {
         let began = Instant::now();
         console::write(format!("{SHUTDOWN} reason={reason}\n").as_bytes());
+        if let Some(network) = &self.network {
+            network::stop(network);
+        }
         self.supervisor.stop_all(SERVICE_STOP_GRACE, reap);
         for (sig, grace) in [(sys::SIGTERM, Duration::from_secs(3)), (sys::SIGKILL, Duration::from_secs(1))] {
             if !reap_children() {
