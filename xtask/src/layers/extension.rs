@@ -491,7 +491,6 @@ pub fn build_tree(
             &mut inside,
             &format!("{label}: {}, field `drop-files`", packages.path.display()),
         )?;
-        policy::drop_documentation(&root, &mut inside)?;
         if packages.library_cache {
             // What the node's root has, its loader finds in its default directories (bound in).
             let node_has: Vec<&str> =

@@ -51,32 +51,17 @@ const DOCUMENTATION: &[&str] = &[
 ];
 
 /// Removes everything under `tree` that matches one of `patterns` (absolute globs, as seen from
-/// `tree`'s root), dropping it from `provenance` too. A pattern that matches nothing is an error
-/// naming `origin` (the file and field it came from): it is a typo or no longer needed. Returns how
-/// many entries were removed.
+/// `tree`'s root) or [`DOCUMENTATION`], in one walk, dropping it from `provenance` too. A pattern that
+/// matches nothing is an error naming `origin` (the file and field it came from): it is a typo or no
+/// longer needed; the documentation is removed wherever it is there. Returns how many entries were
+/// removed.
 pub fn drop_files(tree: &Path, patterns: &[String], provenance: &mut Provenance, origin: &str) -> Result<usize> {
-    let compiled: Vec<glob::Pattern> =
+    let mut compiled: Vec<glob::Pattern> =
         patterns.iter().map(|p| path_glob(p).with_context(|| origin.to_string())).collect::<Result<_>>()?;
-    let (removed, hits) = remove_matching(tree, &compiled, provenance)?;
-    if let Some(unused) = hits.iter().position(|&n| n == 0) {
-        bail!("{origin}: {:?} matches nothing in {}; remove the entry", patterns[unused], tree.display());
+    for pattern in DOCUMENTATION {
+        compiled.push(path_glob(pattern)?);
     }
-    Ok(removed)
-}
-
-/// Removes [`DOCUMENTATION`] from `tree` (a root, or an extension's package root), whatever of it is there.
-pub fn drop_documentation(tree: &Path, provenance: &mut Provenance) -> Result<usize> {
-    let compiled: Vec<glob::Pattern> = DOCUMENTATION.iter().map(|p| path_glob(p)).collect::<Result<_>>()?;
-    Ok(remove_matching(tree, &compiled, provenance)?.0)
-}
-
-/// Removes what matches `patterns` under `tree`: (entries removed, matches per pattern).
-fn remove_matching(
-    tree: &Path,
-    patterns: &[glob::Pattern],
-    provenance: &mut Provenance,
-) -> Result<(usize, Vec<usize>)> {
-    let mut hits = vec![0usize; patterns.len()];
+    let mut hits = vec![0usize; compiled.len()];
     let mut doomed: Vec<(PathBuf, bool)> = Vec::new();
     let mut walk = walkdir::WalkDir::new(tree).min_depth(1).sort_by_file_name().into_iter();
     while let Some(entry) = walk.next() {
@@ -84,7 +69,7 @@ fn remove_matching(
         let rel = entry.path().strip_prefix(tree)?.to_path_buf();
         let shown = format!("/{}", rel.display());
         let mut matched = false;
-        for (pattern, count) in patterns.iter().zip(hits.iter_mut()) {
+        for (pattern, count) in compiled.iter().zip(hits.iter_mut()) {
             if pattern.matches_with(&shown, GLOB_OPTIONS) {
                 *count += 1;
                 matched = true;
@@ -98,6 +83,9 @@ fn remove_matching(
             doomed.push((rel, is_dir));
         }
     }
+    if let Some(unused) = hits[..patterns.len()].iter().position(|&n| n == 0) {
+        bail!("{origin}: {:?} matches nothing in {}; remove the entry", patterns[unused], tree.display());
+    }
     for (rel, is_dir) in &doomed {
         let path = tree.join(rel);
         if *is_dir {
@@ -107,7 +95,7 @@ fn remove_matching(
         }
         provenance.retain(|recorded, _| !recorded.starts_with(rel));
     }
-    Ok((doomed.len(), hits))
+    Ok(doomed.len())
 }
 
 /// The built-in lists plus the spec's `deny-files`.
@@ -384,12 +372,12 @@ mod tests {
             fs::write(root.join(file), "").unwrap();
             provenance.insert(PathBuf::from(file), "some-package".into());
         }
-        drop_documentation(root, &mut provenance).unwrap();
+        drop_files(root, &[], &mut provenance, "spec").unwrap();
         let left: Vec<&str> = files.into_iter().filter(|f| root.join(f).exists()).collect();
         assert_eq!(left, ["usr/share/doc/qemu-guest-agent/copyright", "usr/sbin/mke2fs"]);
         assert_eq!(provenance.len(), 2);
         // A tree without documentation is fine: nothing to remove is not an error here.
-        assert_eq!(drop_documentation(root, &mut provenance).unwrap(), 0);
+        assert_eq!(drop_files(root, &[], &mut provenance, "spec").unwrap(), 0);
     }
 
     #[test]

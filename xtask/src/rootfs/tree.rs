@@ -50,7 +50,6 @@ pub fn build(
         &mut provenance,
         &format!("{}, field `drop-files`", spec_path.display()),
     )?;
-    policy::drop_documentation(root, &mut provenance)?;
     for line in policy::normalise_directories(root, &provenance)? {
         progress::note(format!("the root filesystem: {line}"));
     }
