@@ -132,14 +132,13 @@ fn boot(init_start: u64, sigmask: &sys::sigset_t) -> Fallible<Option<(Node, bool
         return Ok(None);
     }
 
+    modprobe::hold();
     let modules = modules::start()?;
     modules.wait_for(&["loop", "squashfs", "overlay"])?;
     milestones.push(("root_modules_loaded", sys::boot_ms()));
 
     let root = root::assemble()?;
     milestones.push(("root_mounted", sys::boot_ms()));
-    // From now on the kernel's module requests go to machined's copy in the root.
-    let modprobe_helper = modprobe::install();
 
     let os_release = fs::read_to_string(OS_RELEASE).ctx(|| format!("read {OS_RELEASE} in the new root"))?;
     let field = |key: &str| {
@@ -171,6 +170,9 @@ fn boot(init_start: u64, sigmask: &sys::sigset_t) -> Fallible<Option<(Node, bool
     modules.wait_for(&["virtio_pci", "virtio_blk", "dm_crypt", "xts", "ecb"])?;
     milestones.push(("scratch_modules_loaded", sys::boot_ms()));
     let formatting = scratch::begin(&cmdline, &mut milestones);
+    // From now on the kernel's module requests go to machined's copy in the root (the scratch
+    // disk's mapping made, see modprobe::hold).
+    let modprobe_helper = modprobe::install();
     // The machine config: the block devices are registered by now (the scratch disk was looked for).
     let loaded = config_source::load(&[]);
     milestones.push(("config_read", sys::boot_ms()));
@@ -204,11 +206,6 @@ fn boot(init_start: u64, sigmask: &sys::sigset_t) -> Fallible<Option<(Node, bool
     let writable = kubernetes::mount_writable_paths();
     let files = loaded.config().map(|c| config::apply_files(&c.files)).unwrap_or_default();
     services::create_node_files();
-    // The RAM marker (test boots only): its holder runs before the status is reported.
-    modules.wait_for(&["qemu_fw_cfg"])?;
-    let ram_marker = ram_marker::start();
-    let shred = !parse::cmdline_has(&cmdline, SHRED_OFF_FLAG);
-    let shred_pause = ram_marker::shred_pause();
     // Before any service starts: Talos's specs depend on the socket's path.
     let api = machine_api::Api::listen()?;
 
@@ -224,6 +221,12 @@ fn boot(init_start: u64, sigmask: &sys::sigset_t) -> Fallible<Option<(Node, bool
     // containerd has not answered yet: nothing is known.
     supervisor.tick(&facts::Facts::default());
     milestones.push(("services_started", sys::boot_ms()));
+    // The RAM marker (test boots only): its holder runs before the status is reported, after the
+    // services have started, so that it does not hold containerd back.
+    modules.wait_for(&["qemu_fw_cfg"])?;
+    let ram_marker = ram_marker::start();
+    let shred = !parse::cmdline_has(&cmdline, SHRED_OFF_FLAG);
+    let shred_pause = ram_marker::shred_pause();
 
     let modules = modules.finish()?;
     milestones.push(("modules_loaded", sys::boot_ms()));
