@@ -66,6 +66,8 @@ pub struct State {
     pub time: TimeState,
     /// Set once every link has been configured (addresses applied or the first DHCP round over).
     pub settled: bool,
+    /// DHCP clients whose first round is not over yet.
+    pub first_rounds_left: usize,
     /// Set when the node shuts down: /run is about to be unmounted, so its files are no longer kept.
     pub stopping: bool,
 }
@@ -252,6 +254,7 @@ fn run(config: Option<MachineConfig>, shared: Shared) {
         return;
     }
     // One DHCP client per link; the network counts as settled once each has had its first round.
+    lock(&shared).first_rounds_left = dhcp_links.len();
     let mut clients = Vec::new();
     for link in dhcp_links {
         let shared = Arc::clone(&shared);
@@ -311,11 +314,15 @@ fn add_route(socket: &mut Socket, index: i32, route: &Route, origin: Origin) -> 
 
 /// Reads the addresses and routes back from the kernel into the state.
 fn refresh(socket: &mut Socket, shared: &Shared) {
+    // The kernel's tables are read under the lock: each link's DHCP client refreshes after applying
+    // its lease, and a snapshot taken before another link's address was added, written after that
+    // link's own refresh, would erase its address and route from the state (seen in a bench boot:
+    // eth1 with a lease, no address, no default route).
+    let mut state = lock(shared);
     let links = socket.links().unwrap_or_default();
     let addresses = socket.addresses().unwrap_or_default();
     let routes = socket.routes().unwrap_or_default();
     let ipv6 = fs::read_to_string("/proc/net/if_inet6").unwrap_or_default();
-    let mut state = lock(shared);
     for entry in state.links.iter_mut() {
         let Some(link) = links.iter().find(|l| l.name == entry.name) else { continue };
         if entry.method != "loopback" {
@@ -394,16 +401,17 @@ fn write_atomic(path: &str, text: &str) -> std::io::Result<()> {
 /// One link's DHCP client for the node's lifetime: acquire, apply, renew at T1, rebind at T2, and
 /// start over if the lease runs out.
 fn dhcp_client(link: Link, links: Vec<Link>, shared: Shared) {
+    let mut first_round = true;
     let Some(mac) = dhcp::mac_bytes(&link.mac) else {
         set_link_error(&shared, &link.name, format!("no usable MAC address {:?}", link.mac));
-        lock(&shared).settled = true;
+        first_round_over(&shared, &mut first_round);
         return;
     };
     let mut socket = match Socket::open() {
         Ok(socket) => socket,
         Err(e) => {
             set_link_error(&shared, &link.name, format!("opening rtnetlink: {e}"));
-            lock(&shared).settled = true;
+            first_round_over(&shared, &mut first_round);
             return;
         }
     };
@@ -413,7 +421,7 @@ fn dhcp_client(link: Link, links: Vec<Link>, shared: Shared) {
             Ok(lease) => lease,
             Err(e) => {
                 set_link_error(&shared, &link.name, e);
-                lock(&shared).settled = true;
+                first_round_over(&shared, &mut first_round);
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(120));
                 continue;
@@ -425,7 +433,7 @@ fn dhcp_client(link: Link, links: Vec<Link>, shared: Shared) {
             apply_lease(&mut socket, &link, &lease, &shared);
             refresh(&mut socket, &shared);
             write_etc(&shared, &links);
-            lock(&shared).settled = true;
+            first_round_over(&shared, &mut first_round);
             let granted = Instant::now();
             // Renew at T1 (unicast), rebind at T2 (broadcast), give up at the end of the lease.
             std::thread::sleep(Duration::from_secs(u64::from(lease.renew_secs)));
@@ -454,6 +462,19 @@ fn dhcp_client(link: Link, links: Vec<Link>, shared: Shared) {
             set_link_error(&shared, &link.name, format!("the lease of {cidr} ran out"));
             break;
         }
+    }
+}
+
+/// Counts this client's first DHCP round (a lease, or an error) once; the last one settles the
+/// network.
+fn first_round_over(shared: &Shared, first_round: &mut bool) {
+    if !std::mem::take(first_round) {
+        return;
+    }
+    let mut state = lock(shared);
+    state.first_rounds_left = state.first_rounds_left.saturating_sub(1);
+    if state.first_rounds_left == 0 {
+        state.settled = true;
     }
 }
 
@@ -548,5 +569,23 @@ fn keep_time(shared: Shared, disabled: bool) {
             lock(&shared).time.reason = Some(errors.join("; "));
         }
         std::thread::sleep(NTP_RETRY);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_network_settles_when_every_client_has_had_its_first_round() {
+        let shared: Shared = Arc::new(Mutex::new(State { first_rounds_left: 2, ..State::default() }));
+        let (mut eth0, mut eth1) = (true, true);
+        first_round_over(&shared, &mut eth0);
+        assert!(!lock(&shared).settled, "one of two links configured");
+        // Its later rounds (renewals, errors) do not count again.
+        first_round_over(&shared, &mut eth0);
+        assert!(!lock(&shared).settled, "the same link twice");
+        first_round_over(&shared, &mut eth1);
+        assert!(lock(&shared).settled);
     }
 }
