@@ -80,7 +80,6 @@ impl Index {
     }
 }
 
-/// Makes machined the kernel's modprobe helper.
 /// Until [`install`], the kernel's module requests fail at once: with an empty helper path,
 /// request_module returns ENOENT without starting a process. In that window machined loads what the
 /// boot needs itself, and the only requests are dm-crypt's lookups of its cipher (crypto-xts(aes),
@@ -92,6 +91,7 @@ pub fn hold() {
     let _ = fs::write(KERNEL_HELPER, "\n");
 }
 
+/// Makes machined the kernel's modprobe helper.
 pub fn install() -> Result<(), String> {
     fs::write(KERNEL_HELPER, MODPROBE).map_err(|e| format!("writing {MODPROBE} to {KERNEL_HELPER}: {e}"))
 }
