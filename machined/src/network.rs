@@ -257,11 +257,13 @@ fn run(config: Option<MachineConfig>, shared: Shared) {
     lock(&shared).first_rounds_left = dhcp_links.len();
     let mut clients = Vec::new();
     for link in dhcp_links {
-        let shared = Arc::clone(&shared);
         let all = links.clone();
         let name = format!("dhcp-{}", link.name);
-        if let Ok(handle) = std::thread::Builder::new().name(name).spawn(move || dhcp_client(link, all, shared)) {
-            clients.push(handle);
+        let client_shared = Arc::clone(&shared);
+        match std::thread::Builder::new().name(name).spawn(move || dhcp_client(link, all, client_shared)) {
+            Ok(handle) => clients.push(handle),
+            // A client that never runs has had its first round: the others can still settle the network.
+            Err(_) => first_round_over(&shared, &mut true),
         }
     }
     for client in clients {
