@@ -2,9 +2,9 @@
 //!
 //! 1. A NoCloud volume: a block device (or partition) holding a FAT or ISO-9660 filesystem labelled
 //!    CIDATA (or cidata), as clouds and bare-metal provisioners attach it. Its `user-data` is the
-//!    machine config; `meta-data`'s `local-hostname` names the node when the config does not. It is
-//!    mounted read-only just long enough to read the two files; the filesystem drivers load on demand
-//!    (modprobe.rs).
+//!    machine config; `meta-data`'s `local-hostname` names the node when the config does not. A FAT
+//!    volume is read by machined itself (fat.rs); an ISO-9660 one is mounted read-only just long
+//!    enough to read the two files, its driver loading on demand (modprobe.rs).
 //! 2. An SMBIOS OEM string (type 11) `machined.config=<base64 of the document>`, as a hypervisor or a
 //!    BMC can set per machine (QEMU: `-smbios type=11,value=...`).
 //!
@@ -12,7 +12,7 @@
 
 use crate::config::{self, MachineConfig};
 use crate::protocol::{CONFIG_OEM_STRING, CONFIG_VOLUME_LABEL};
-use crate::{json, sys};
+use crate::{fat, json, sys};
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom};
 
@@ -172,24 +172,45 @@ pub fn iso_label(descriptor: &[u8; 2048]) -> Option<String> {
 
 fn read_volume(device: &str, fstype: &'static str) -> Result<Found, String> {
     let source = format!("cidata:{device} ({fstype})");
-    fs::create_dir_all(MOUNT_POINT).map_err(|e| format!("{source}: creating {MOUNT_POINT}: {e}"))?;
+    let [user_data, meta_data] = if fstype == "vfat" { read_fat(device) } else { read_mounted(device, fstype) }
+        .map_err(|e| format!("{source}: {e}"))?;
+    let text = user_data.ok_or_else(|| format!("{source}: the volume has no user-data"))?;
+    let meta_hostname = meta_data.as_deref().and_then(meta_local_hostname);
+    Ok(Found { source, text, meta_hostname })
+}
+
+const DOCUMENTS: [&str; 2] = ["user-data", "meta-data"];
+
+/// The two documents of a FAT volume, read from the device by fat.rs (no driver, no mount).
+fn read_fat(device: &str) -> Result<[Option<String>; 2], String> {
+    let mut dev = File::open(device).map_err(|e| format!("opening it: {e}"))?;
+    let files = fat::read_root_files(&mut dev, &DOCUMENTS, MAX_DOCUMENT)?;
+    let mut texts = [None, None];
+    for ((text, bytes), name) in texts.iter_mut().zip(files).zip(DOCUMENTS) {
+        *text = bytes.map(|b| String::from_utf8(b).map_err(|_| format!("{name} is not UTF-8"))).transpose()?;
+    }
+    Ok(texts)
+}
+
+/// The two documents of an ISO-9660 volume, mounted read-only just long enough to read them (its
+/// driver loads on demand).
+fn read_mounted(device: &str, fstype: &str) -> Result<[Option<String>; 2], String> {
+    fs::create_dir_all(MOUNT_POINT).map_err(|e| format!("creating {MOUNT_POINT}: {e}"))?;
     let flags = sys::MS_RDONLY | sys::MS_NOSUID | sys::MS_NODEV | sys::MS_NOEXEC;
     sys::do_mount(Some(device), MOUNT_POINT, Some(fstype), flags, None)
-        .map_err(|e| format!("{source}: mounting it read-only: {e}"))?;
+        .map_err(|e| format!("mounting it read-only: {e}"))?;
     let read = |name: &str| -> Result<Option<String>, String> {
         let path = format!("{MOUNT_POINT}/{name}");
         match fs::metadata(&path) {
             Err(_) => Ok(None),
-            Ok(meta) if meta.len() > MAX_DOCUMENT => Err(format!("{source}: {name} is over {MAX_DOCUMENT} bytes")),
-            Ok(_) => fs::read_to_string(&path).map(Some).map_err(|e| format!("{source}: reading {name}: {e}")),
+            Ok(meta) if meta.len() > MAX_DOCUMENT => Err(format!("{name} is over {MAX_DOCUMENT} bytes")),
+            Ok(_) => fs::read_to_string(&path).map(Some).map_err(|e| format!("reading {name}: {e}")),
         }
     };
-    let user_data = read("user-data");
-    let meta_data = read("meta-data");
+    let texts = [read(DOCUMENTS[0]), read(DOCUMENTS[1])];
     let _ = sys::do_umount(MOUNT_POINT, 0);
-    let text = user_data?.ok_or_else(|| format!("{source}: the volume has no user-data"))?;
-    let meta_hostname = meta_data?.as_deref().and_then(meta_local_hostname);
-    Ok(Found { source, text, meta_hostname })
+    let [user_data, meta_data] = texts;
+    Ok([user_data?, meta_data?])
 }
 
 /// `local-hostname: <name>` from NoCloud meta-data (a flat YAML map; nothing else is used).

@@ -58,9 +58,9 @@ pub struct Prepared {
     pub sysctls: Vec<(String, String, Option<String>)>,
 }
 
-/// Mounts bpffs and sets the kernel parameters (defaults, then `extra` from the machine config).
-pub fn prepare(release: &str, extra: &[(String, String)]) -> Prepared {
-    let bpffs = mount_bpffs();
+/// Sets the kernel parameters (defaults, then `extra` from the machine config); `bpffs` is how
+/// [`mount_bpffs`] went.
+pub fn prepare(release: &str, extra: &[(String, String)], bpffs: Result<(), String>) -> Prepared {
     let br_netfilter = modprobe::request(release, "br_netfilter");
     let mut sysctls = Vec::new();
     let mut set = |key: &str, value: &str| {
@@ -81,7 +81,10 @@ pub fn prepare(release: &str, extra: &[(String, String)]) -> Prepared {
     Prepared { bpffs, br_netfilter, sysctls }
 }
 
-fn mount_bpffs() -> Result<(), String> {
+/// Mounts bpffs, shared. The mount asks the kernel's module helper for bpf_preload (its debugging
+/// iterators), which the cloud kernels do not build: machined mounts it while the helper is still
+/// held (modprobe::hold), so the request fails at once instead of starting the helper for nothing.
+pub fn mount_bpffs() -> Result<(), String> {
     let flags = sys::MS_NOSUID | sys::MS_NODEV | sys::MS_NOEXEC;
     sys::do_mount(Some("bpffs"), BPFFS, Some("bpf"), flags, Some("mode=0700"))
         .map_err(|e| format!("mounting bpffs on {BPFFS}: {e}"))?;

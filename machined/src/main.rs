@@ -41,6 +41,7 @@ mod dhcp;
 mod dm;
 mod facts;
 mod fallible;
+mod fat;
 mod json;
 mod kubernetes;
 mod machine_api;
@@ -170,6 +171,7 @@ fn boot(init_start: u64, sigmask: &sys::sigset_t) -> Fallible<Option<(Node, bool
     modules.wait_for(&["virtio_pci", "virtio_blk", "dm_crypt", "xts", "ecb"])?;
     milestones.push(("scratch_modules_loaded", sys::boot_ms()));
     let formatting = scratch::begin(&cmdline, &mut milestones);
+    let bpffs = kubernetes::mount_bpffs();
     // From now on the kernel's module requests go to machined's copy in the root (the scratch
     // disk's mapping made, see modprobe::hold).
     let modprobe_helper = modprobe::install();
@@ -179,7 +181,7 @@ fn boot(init_start: u64, sigmask: &sys::sigset_t) -> Fallible<Option<(Node, bool
     let network = network::start(loaded.config(), loaded.meta_hostname());
     let network_wait = parse::cmdline_value(&cmdline, NETWORK_WAIT_ARG).and_then(|v| v.parse().ok()).unwrap_or(0);
     let config_sysctls = loaded.config().map(|c| c.sysctls.clone()).unwrap_or_default();
-    let prepared = kubernetes::prepare(&kernel, &config_sysctls);
+    let prepared = kubernetes::prepare(&kernel, &config_sysctls, bpffs);
     containerd::prefetch();
     let extension_services = services::discover();
     devices::link_virtio_ports();

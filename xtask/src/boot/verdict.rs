@@ -512,17 +512,14 @@ fn node_problems(evidence: &Evidence, problems: &mut Vec<String>) {
         }
     }
 
-    // Modules on demand: the config volume's filesystem and br_netfilter, loaded from the root's tree
-    // although not boot modules, with signatures enforced.
+    // Modules on demand: br_netfilter and what it needs (llc, stp, bridge), loaded from the root's
+    // tree although not boot modules, with signatures enforced. (The config volume's FAT machined
+    // reads itself, without the kernel's driver.)
     let requests = status.modules_on_demand["requests"].as_array().cloned().unwrap_or_default();
     let loaded_on_demand = |module: &str| {
         requests.iter().any(|r| text(&r["result"]).starts_with("ok") && text(&r["result"]).contains(module))
     };
-    let mut wanted = vec!["br_netfilter"];
-    if expect.config_source == "cidata:" {
-        wanted.push("vfat");
-    }
-    for module in wanted {
+    for module in ["br_netfilter"] {
         if status.modules.iter().any(|m| m == module) {
             problems.push(format!("{module} is a boot module, so loading it proves nothing about on-demand loading"));
         } else if !loaded_on_demand(module) {
@@ -1081,7 +1078,7 @@ mod tests {
         bad.network["links"][0]["lease"]["routers"] = serde_json::json!([]);
         bad.network["links"][0]["addresses"] = serde_json::json!([]);
         bad.time = serde_json::json!({"synced": false, "reason": "no NTP servers"});
-        bad.modules.push("vfat".into());
+        bad.modules.push("br_netfilter".into());
         bad.modules_on_demand = serde_json::json!({"sig_enforce": "N", "requests": []});
         bad.kubernetes["bpffs"]["mounted"] = false.into();
         bad.kubernetes["writable_paths"][0]["upper_on_scratch"] = false.into();
@@ -1103,8 +1100,7 @@ mod tests {
             "the API served another node's status",
             "was not renewed before expiry",
             "no link has an IPv6 address from a router advertisement",
-            "vfat is a boot module",
-            "br_netfilter was not loaded on demand",
+            "br_netfilter is a boot module",
             "signatures are not enforced",
             "bpffs is not mounted",
             "not writable on the scratch disk",
@@ -1112,6 +1108,11 @@ mod tests {
         ] {
             assert!(err.contains(wanted), "{wanted:?} missing from:\n{err}");
         }
+        let mut not_on_demand = status();
+        not_on_demand.modules_on_demand["requests"] =
+            serde_json::json!([{"request": "br_netfilter", "result": "missing"}]);
+        let err = fails(&not_on_demand, &Ok(status()), &lan_log(), &worker());
+        assert!(err.contains("br_netfilter was not loaded on demand"), "{err}");
         let err = fails(&status(), &Err("connection refused".into()), &lan_log(), &worker());
         assert!(err.contains("API did not answer through the forward: connection refused"), "{err}");
 
