@@ -519,12 +519,11 @@ fn node_problems(evidence: &Evidence, problems: &mut Vec<String>) {
     let loaded_on_demand = |module: &str| {
         requests.iter().any(|r| text(&r["result"]).starts_with("ok") && text(&r["result"]).contains(module))
     };
-    for module in ["br_netfilter"] {
-        if status.modules.iter().any(|m| m == module) {
-            problems.push(format!("{module} is a boot module, so loading it proves nothing about on-demand loading"));
-        } else if !loaded_on_demand(module) {
-            problems.push(format!("{module} was not loaded on demand: {}", status.modules_on_demand));
-        }
+    let module = "br_netfilter";
+    if status.modules.iter().any(|m| m == module) {
+        problems.push(format!("{module} is a boot module, so loading it proves nothing about on-demand loading"));
+    } else if !loaded_on_demand(module) {
+        problems.push(format!("{module} was not loaded on demand: {}", status.modules_on_demand));
     }
     if text(&status.modules_on_demand["sig_enforce"]) != "Y" {
         problems.push(format!("module signatures are not enforced: {}", status.modules_on_demand));
