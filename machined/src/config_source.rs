@@ -136,7 +136,7 @@ fn find_volume(skip: &[String]) -> Option<(String, &'static str)> {
 fn volume_label_type(dev: &mut File) -> Option<&'static str> {
     let mut boot = [0u8; 512];
     dev.read_exact(&mut boot).ok()?;
-    if fat_label(&boot).is_some_and(|l| l.eq_ignore_ascii_case(CONFIG_VOLUME_LABEL)) {
+    if fat::label(&boot).is_some_and(|l| l.eq_ignore_ascii_case(CONFIG_VOLUME_LABEL)) {
         return Some("vfat");
     }
     let mut descriptor = [0u8; 2048];
@@ -146,20 +146,6 @@ fn volume_label_type(dev: &mut File) -> Option<&'static str> {
         return Some("iso9660");
     }
     None
-}
-
-/// The volume label in a FAT boot sector's extended BIOS parameter block (FAT12/16 at 43, FAT32 at
-/// 71, each behind the 0x29 signature), without its space padding.
-pub fn fat_label(boot: &[u8; 512]) -> Option<String> {
-    if boot[510..512] != [0x55, 0xAA] {
-        return None;
-    }
-    let fat32 = boot[22] == 0 && boot[23] == 0; // sectors per FAT (16-bit) is 0 only on FAT32
-    let (signature, label) = if fat32 { (66, 71) } else { (38, 43) };
-    if boot[signature] != 0x29 {
-        return None;
-    }
-    Some(String::from_utf8_lossy(&boot[label..label + 11]).trim_end().to_string())
 }
 
 /// The volume identifier of an ISO-9660 primary volume descriptor (sector 16).
@@ -304,22 +290,7 @@ mod tests {
     }
 
     #[test]
-    fn labels_are_read_from_fat_boot_sectors_and_iso_descriptors() {
-        let mut fat16 = [0u8; 512];
-        fat16[22] = 1;
-        fat16[38] = 0x29;
-        fat16[43..54].copy_from_slice(b"CIDATA     ");
-        fat16[510] = 0x55;
-        fat16[511] = 0xAA;
-        assert_eq!(fat_label(&fat16).as_deref(), Some("CIDATA"));
-        let mut fat32 = [0u8; 512];
-        fat32[66] = 0x29;
-        fat32[71..82].copy_from_slice(b"cidata     ");
-        fat32[510..].copy_from_slice(&[0x55, 0xAA]);
-        assert_eq!(fat_label(&fat32).as_deref(), Some("cidata"));
-        fat32[510] = 0;
-        assert_eq!(fat_label(&fat32), None, "no boot signature, no FAT");
-
+    fn labels_are_read_from_iso_descriptors() {
         let mut iso = [0u8; 2048];
         iso[0] = 1;
         iso[1..6].copy_from_slice(b"CD001");

@@ -1,7 +1,8 @@
 //! Files in the root directory of a FAT12/16/32 volume, read by machined itself (Microsoft's FAT
-//! specification, with long file names): the NoCloud volume's `user-data` and `meta-data`. Mounting
-//! it instead loads four modules on demand under TCG (fat, vfat and two code pages, each a start of
-//! the modprobe helper), about 0.4 s of the boot that competes with formatting the scratch disk.
+//! specification, with long file names): the NoCloud volume's `user-data` and `meta-data`, and the
+//! volume label it is found by. Mounting it instead loads four modules on demand under TCG (fat,
+//! vfat and two code pages, each a start of the modprobe helper), about 0.4 s of the boot that
+//! competes with formatting the scratch disk.
 //!
 //! The volume comes from whoever attached it, and this is PID 1 (a panic powers the node off), so
 //! every offset is checked arithmetic, every chain is bounded by the volume's cluster count, and a
@@ -71,9 +72,27 @@ pub fn read_root_files<D: Read + Seek>(
         .collect()
 }
 
+/// The volume label in a FAT boot sector's extended BIOS parameter block (FAT12/16 at 43, FAT32 at
+/// 71, each behind the 0x29 signature), without its space padding.
+pub fn label(boot: &[u8; 512]) -> Option<String> {
+    if !has_signature(boot) {
+        return None;
+    }
+    let fat32 = boot[22] == 0 && boot[23] == 0; // sectors per FAT (16-bit) is 0 only on FAT32
+    let (signature, label) = if fat32 { (66, 71) } else { (38, 43) };
+    if boot[signature] != 0x29 {
+        return None;
+    }
+    Some(String::from_utf8_lossy(&boot[label..label + 11]).trim_end().to_string())
+}
+
+fn has_signature(boot: &[u8; 512]) -> bool {
+    boot[510..512] == [0x55, 0xAA]
+}
+
 impl Volume {
     fn parse(boot: &[u8; 512]) -> Result<Volume, String> {
-        if boot[510..512] != [0x55, 0xAA] {
+        if !has_signature(boot) {
             return Err("no boot sector signature (55 AA at byte 510)".into());
         }
         let u16_at = |i: usize| u64::from(u16::from_le_bytes([boot[i], boot[i + 1]]));
@@ -432,6 +451,24 @@ mod tests {
                 let _ = read(&damaged, &["user-data", "meta-data"]);
             }
         }
+    }
+
+    #[test]
+    fn labels_are_read_from_fat12_16_and_fat32_boot_sectors() {
+        let mut fat16 = [0u8; 512];
+        fat16[22] = 1;
+        fat16[38] = 0x29;
+        fat16[43..54].copy_from_slice(b"CIDATA     ");
+        fat16[510] = 0x55;
+        fat16[511] = 0xAA;
+        assert_eq!(label(&fat16).as_deref(), Some("CIDATA"));
+        let mut fat32 = [0u8; 512];
+        fat32[66] = 0x29;
+        fat32[71..82].copy_from_slice(b"cidata     ");
+        fat32[510..].copy_from_slice(&[0x55, 0xAA]);
+        assert_eq!(label(&fat32).as_deref(), Some("cidata"));
+        fat32[510] = 0;
+        assert_eq!(label(&fat32), None, "no boot signature, no FAT");
     }
 
     #[test]
