@@ -5,10 +5,14 @@
 
 use crate::fallible::Fallible;
 use crate::service_spec::{Container, Restart, Security, ServiceSpec};
-use std::fs;
+use crate::sys;
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub const BINARY: &str = "/usr/bin/containerd";
@@ -61,11 +65,76 @@ pub fn present() -> bool {
     Path::new(BINARY).is_file()
 }
 
-/// Writes the configuration and returns the service definition.
-pub fn prepare() -> Fallible<ServiceSpec> {
+/// containerd's configuration, held back. containerd is started while the scratch disk is still
+/// being formatted: its Go runtime and some 430 package initialisers run before its main (1.3-2.8 s
+/// under TCG) and need nothing from /var. Its main then reads the configuration, and until /var is
+/// ready for containerd's state that is a FIFO whose text has not been written yet.
+pub struct ConfigGate {
+    path: String,
+    /// Opened for reading and writing: this end keeps the FIFO open, so containerd's open(2) returns
+    /// at once and its read waits for the text; its end of file comes when this end is closed.
+    fifo: File,
+}
+
+/// Creates the held-back configuration and returns the service definition.
+pub fn prepare() -> Fallible<(ServiceSpec, ConfigGate)> {
     fs::create_dir_all(CONFIG_DIR).map_err(|e| format!("create {CONFIG_DIR}: {e}"))?;
-    fs::write(CONFIG, CONFIG_TEXT).map_err(|e| format!("write {CONFIG}: {e}"))?;
-    Ok(ServiceSpec {
+    Ok((spec(), ConfigGate::create(CONFIG)?))
+}
+
+/// How long the FIFO's end is held for a containerd that has not read it yet.
+const GATE_LIMIT: Duration = Duration::from_secs(60);
+
+impl ConfigGate {
+    fn create(path: &str) -> Fallible<ConfigGate> {
+        let _ = fs::remove_file(path);
+        let c_path = CString::new(path).map_err(|_| format!("{path:?} holds a NUL"))?;
+        // SAFETY: c_path is NUL-terminated.
+        sys::check(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) })
+            .map_err(|e| format!("create the FIFO {path}: {e}"))?;
+        let fifo = OpenOptions::new().read(true).write(true).open(path).map_err(|e| format!("open {path}: {e}"))?;
+        Ok(ConfigGate { path: path.to_string(), fifo })
+    }
+
+    /// Lets containerd read its configuration.
+    pub fn open(self) -> Fallible<()> {
+        self.release(CONFIG_TEXT).map(drop)
+    }
+
+    /// Writes `text` through the FIFO, for an instance already reading it, and as a regular file in
+    /// the FIFO's place, for any later start. This end is closed once the text has been read (by the
+    /// returned thread, so the boot does not wait on containerd), or after [`GATE_LIMIT`]: by then no
+    /// containerd can still be opening the FIFO the file replaced.
+    fn release(self, text: &str) -> Fallible<Option<JoinHandle<()>>> {
+        let ConfigGate { path, mut fifo } = self;
+        fifo.write_all(text.as_bytes()).map_err(|e| format!("write {path} (FIFO): {e}"))?;
+        let staged = format!("{path}.new");
+        fs::write(&staged, text).map_err(|e| format!("write {staged}: {e}"))?;
+        fs::rename(&staged, &path).map_err(|e| format!("rename {staged} to {path}: {e}"))?;
+        // Should the thread not start, this end closes at once, which still serves a reader that
+        // has the FIFO open.
+        let watcher = std::thread::Builder::new().name("containerd-config".into()).spawn(move || {
+            let start = Instant::now();
+            while unread_bytes(&fifo) > 0 && start.elapsed() < GATE_LIMIT {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        Ok(watcher.ok())
+    }
+}
+
+/// Bytes waiting in a pipe (0 on error: the caller then stops waiting).
+fn unread_bytes(pipe: &File) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the valid pointer.
+    match unsafe { libc::ioctl(pipe.as_raw_fd(), libc::FIONREAD, &mut n) } {
+        0 => n.max(0) as usize,
+        _ => 0,
+    }
+}
+
+fn spec() -> ServiceSpec {
+    ServiceSpec {
         name: "containerd".to_string(),
         depends: Vec::new(),
         container: Container {
@@ -80,12 +149,12 @@ pub fn prepare() -> Fallible<ServiceSpec> {
         restart: Restart::Always,
         // The node's own runtime: its output is the console's.
         log_to_console: true,
-    })
+    }
 }
 
-/// Reads containerd's binary once in a background thread, while the scratch disk is formatted: its pages are then in the page cache when it starts, instead of each being faulted
-/// in (and decompressed from the squashfs) one by one during its start-up, which dominates how long
-/// it takes to answer under emulation. Best effort: a failure only means a slower start.
+/// Reads containerd's binary once in a background thread as containerd starts: its pages are
+/// decompressed from the squashfs ahead of containerd's own faults, on the other CPU, instead of
+/// one by one as its start-up touches them. Best effort: a failure only means a slower start.
 pub fn prefetch() {
     let _ = std::thread::Builder::new().name("prefetch".into()).spawn(|| {
         let mut buf = vec![0u8; 1 << 20];
@@ -252,6 +321,51 @@ mod tests {
         assert!(CONFIG_TEXT.contains(&format!("conf_dir = \"{CNI_CONF_DIR}\"")));
     }
     use super::*;
+    use std::os::unix::fs::FileTypeExt;
+
+    fn gate_path(case: &str) -> String {
+        let dir = std::env::temp_dir().join(format!("machined-gate-{case}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir.join("config.toml").to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn a_reader_waiting_at_the_gate_gets_the_text_once_it_opens_and_later_starts_read_a_file() {
+        let path = gate_path("waiting");
+        let gate = ConfigGate::create(&path).unwrap();
+        assert!(fs::metadata(&path).unwrap().file_type().is_fifo(), "the gate is a FIFO until it opens");
+        // As containerd's main reads it: open, then read to the end of file.
+        let (sent, read) = std::sync::mpsc::channel();
+        {
+            let path = path.clone();
+            std::thread::spawn(move || sent.send(fs::read_to_string(path).unwrap()));
+        }
+        let wait = |limit| read.recv_timeout(Duration::from_millis(limit));
+        assert!(wait(200).is_err(), "the reader must wait while the gate is shut");
+        let watcher = gate.release("version = 2\n").unwrap().expect("the watcher thread");
+        assert_eq!(wait(10_000).expect("the text and its end of file"), "version = 2\n");
+        watcher.join().unwrap();
+        assert!(fs::metadata(&path).unwrap().is_file(), "a later start reads a regular file");
+        assert_eq!(fs::read_to_string(&path).unwrap(), "version = 2\n");
+        assert!(!Path::new(&format!("{path}.new")).exists(), "nothing staged is left beside it");
+    }
+
+    #[test]
+    fn a_gate_nobody_read_before_it_opened_leaves_the_file_for_the_first_start() {
+        let path = gate_path("unread");
+        let gate = ConfigGate::create(&path).unwrap();
+        let watcher = gate.release("version = 2\n").unwrap().expect("the watcher thread");
+        assert_eq!(fs::read_to_string(&path).unwrap(), "version = 2\n");
+        assert!(!watcher.is_finished(), "the FIFO's end is held for a reader that may still be opening it");
+    }
+
+    #[test]
+    fn a_gate_in_a_missing_directory_is_an_error_naming_the_path() {
+        let path = format!("{}/absent/config.toml", gate_path("missing"));
+        let err = ConfigGate::create(&path).err().expect("an error");
+        assert!(err.contains(&path) && err.contains("FIFO"), "{err}");
+    }
 
     #[test]
     fn request_is_preface_settings_headers_data() {

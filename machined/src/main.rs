@@ -167,6 +167,20 @@ fn boot(init_start: u64, sigmask: &sys::sigset_t) -> Fallible<Option<(Node, bool
     let hierarchy = cgroups::setup()?;
     milestones.push(("cgroups_ready", sys::boot_ms()));
 
+    // containerd first: it takes longest to answer. It starts now, while the scratch disk is made,
+    // and waits for its configuration until /var is ready (containerd::ConfigGate).
+    let mut supervisor = Supervisor::new()?;
+    let containerd_gate = if containerd::present() {
+        containerd::prefetch();
+        let (spec, gate) = containerd::prepare()?;
+        supervisor.add(spec, Isolation::Shared);
+        supervisor.tick(&facts::Facts::default());
+        milestones.push(("containerd_started", sys::boot_ms()));
+        Some(gate)
+    } else {
+        None
+    };
+
     // mke2fs formats the scratch disk in a child while machined reads the services and looks for shells.
     modules.wait_for(&["virtio_pci", "virtio_blk", "dm_crypt", "xts", "ecb"])?;
     milestones.push(("scratch_modules_loaded", sys::boot_ms()));
@@ -182,7 +196,6 @@ fn boot(init_start: u64, sigmask: &sys::sigset_t) -> Fallible<Option<(Node, bool
     let network_wait = parse::cmdline_value(&cmdline, NETWORK_WAIT_ARG).and_then(|v| v.parse().ok()).unwrap_or(0);
     let config_sysctls = loaded.config().map(|c| c.sysctls.clone()).unwrap_or_default();
     let prepared = kubernetes::prepare(&kernel, &config_sysctls, bpffs);
-    containerd::prefetch();
     let extension_services = services::discover();
     devices::link_virtio_ports();
     let scratch = match formatting {
@@ -208,16 +221,16 @@ fn boot(init_start: u64, sigmask: &sys::sigset_t) -> Fallible<Option<(Node, bool
     let writable = kubernetes::mount_writable_paths();
     let files = loaded.config().map(|c| config::apply_files(&c.files)).unwrap_or_default();
     services::create_node_files();
-    // Before any service starts: Talos's specs depend on the socket's path.
+    // Before the extension services start: Talos's specs depend on the socket's path.
     let api = machine_api::Api::listen()?;
 
-    // containerd first: it takes longest to answer.
-    let mut supervisor = Supervisor::new()?;
-    let containerd_state = if containerd::present() {
-        supervisor.add(containerd::prepare()?, Isolation::Shared);
-        ContainerdStatus::NotAnswering { error: format!("{} never accepted a connection", containerd::SOCKET) }
-    } else {
-        ContainerdStatus::Missing
+    // /var is ready for containerd's state, and the writable paths it reads (the CNI directories).
+    let containerd_state = match containerd_gate {
+        Some(gate) => {
+            gate.open()?;
+            ContainerdStatus::NotAnswering { error: format!("{} never accepted a connection", containerd::SOCKET) }
+        }
+        None => ContainerdStatus::Missing,
     };
     supervisor.add_extension_services(extension_services);
     // containerd has not answered yet: nothing is known.
