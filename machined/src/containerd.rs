@@ -6,7 +6,6 @@
 use crate::fallible::Fallible;
 use crate::service_spec::{Container, Restart, Security, ServiceSpec};
 use crate::sys;
-use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -88,7 +87,7 @@ const GATE_LIMIT: Duration = Duration::from_secs(60);
 impl ConfigGate {
     fn create(path: &str) -> Fallible<ConfigGate> {
         let _ = fs::remove_file(path);
-        let c_path = CString::new(path).map_err(|_| format!("{path:?} holds a NUL"))?;
+        let c_path = sys::cstr(path);
         // SAFETY: c_path is NUL-terminated.
         sys::check(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) })
             .map_err(|e| format!("create the FIFO {path}: {e}"))?;
@@ -108,9 +107,7 @@ impl ConfigGate {
     fn release(self, text: &str) -> Fallible<Option<JoinHandle<()>>> {
         let ConfigGate { path, mut fifo } = self;
         fifo.write_all(text.as_bytes()).map_err(|e| format!("write {path} (FIFO): {e}"))?;
-        let staged = format!("{path}.new");
-        fs::write(&staged, text).map_err(|e| format!("write {staged}: {e}"))?;
-        fs::rename(&staged, &path).map_err(|e| format!("rename {staged} to {path}: {e}"))?;
+        sys::write_atomic(&path, text).map_err(|e| format!("write {path} (regular file over the FIFO): {e}"))?;
         // Should the thread not start, this end closes at once, which still serves a reader that
         // has the FIFO open.
         let watcher = std::thread::Builder::new().name("containerd-config".into()).spawn(move || {
@@ -127,7 +124,7 @@ impl ConfigGate {
 fn unread_bytes(pipe: &File) -> usize {
     let mut n: libc::c_int = 0;
     // SAFETY: FIONREAD writes one int through the valid pointer.
-    match unsafe { libc::ioctl(pipe.as_raw_fd(), libc::FIONREAD, &mut n) } {
+    match unsafe { sys::ioctl(pipe.as_raw_fd(), libc::FIONREAD as libc::c_ulong, &mut n) } {
         0 => n.max(0) as usize,
         _ => 0,
     }

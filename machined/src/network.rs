@@ -10,7 +10,7 @@
 use crate::config::{Cidr, Interface, MachineConfig, Route};
 use crate::dhcp::{self, Lease};
 use crate::netlink::{Link, Origin, Socket};
-use crate::{console, json, sntp};
+use crate::{console, json, sntp, sys};
 use std::fs;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
@@ -381,9 +381,9 @@ fn write_etc(shared: &Shared, links: &[Link]) {
     // SAFETY: host is a live buffer of its length.
     let set = unsafe { libc::sethostname(host.as_ptr() as *const libc::c_char, host.len()) };
     let written = fs::create_dir_all("/run/machined")
-        .and_then(|()| write_atomic(RESOLV_CONF, &resolv))
-        .and_then(|()| write_atomic(HOSTS, &hosts))
-        .and_then(|()| write_atomic("/run/machined/hostname", &format!("{hostname}\n")));
+        .and_then(|()| sys::write_atomic(RESOLV_CONF, &resolv))
+        .and_then(|()| sys::write_atomic(HOSTS, &hosts))
+        .and_then(|()| sys::write_atomic("/run/machined/hostname", &format!("{hostname}\n")));
     let mut state = lock(shared);
     match (set, written) {
         (0, Ok(())) => state.etcfiles = true,
@@ -392,12 +392,6 @@ fn write_etc(shared: &Shared, links: &[Link]) {
             console::write(format!("machined: network: sethostname: {}\n", std::io::Error::last_os_error()).as_bytes())
         }
     }
-}
-
-fn write_atomic(path: &str, text: &str) -> std::io::Result<()> {
-    let temp = format!("{path}.new");
-    fs::write(&temp, text)?;
-    fs::rename(&temp, path)
 }
 
 /// One link's DHCP client for the node's lifetime: acquire, apply, renew at T1, rebind at T2, and

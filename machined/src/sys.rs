@@ -195,6 +195,13 @@ impl loop_info64 {
     }
 }
 
+/// Replaces `path` by a file holding `text` in one rename, so a reader sees the old or the new text.
+pub fn write_atomic(path: &str, text: &str) -> io::Result<()> {
+    let temp = format!("{path}.new");
+    std::fs::write(&temp, text)?;
+    std::fs::rename(&temp, path)
+}
+
 /// A NUL-terminated copy of `s` (our paths never hold NUL).
 pub fn cstr(s: &str) -> CString {
     CString::new(s).unwrap_or_else(|_| CString::new("<path with NUL>").expect("no NUL"))
