@@ -1,14 +1,14 @@
 //! The run-time check of what the running node holds, as the build checked it: a walk of the whole
 //! root (the overlay of the image and its extensions, and /run and /tmp) for any entry named like a
 //! command interpreter, any setuid or setgid file, and anything world-writable that is not a sticky
-//! directory. /proc, /sys and /dev are the kernel's, not the image's, and are skipped. machined walks
-//! while the scratch disk is being formatted, so /var is still the root's empty mount point (the disk
-//! is blank every boot).
+//! directory. /proc, /sys and /dev are the kernel's, not the image's, and are skipped. So is /var:
+//! machined walks while the scratch disk is being made and mounted there, so what the walk saw under
+//! /var would depend on which came first, and the disk is blank every boot (nothing of the image).
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
-const SKIP: [&str; 3] = ["/proc", "/sys", "/dev"];
+const SKIP: [&str; 4] = ["/proc", "/sys", "/dev", "/var"];
 
 const S_ISUID: u32 = 0o4000;
 const S_ISGID: u32 = 0o2000;
@@ -27,7 +27,7 @@ pub struct Findings {
     pub checked: u64,
 }
 
-/// Walks the tree under `root` ("/" on the node), skipping the kernel's filesystems.
+/// Walks the tree under `root` ("/" on the node), skipping the kernel's filesystems and /var.
 pub fn scan(root: &str) -> Findings {
     let mut found = Findings::default();
     let base = root.trim_end_matches('/');
@@ -90,7 +90,7 @@ mod tests {
     fn finds_shells_setid_files_and_world_writable_entries() {
         let dir = std::env::temp_dir().join(format!("machined-contents-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        for sub in ["usr/bin", "tmp", "proc", "data"] {
+        for sub in ["usr/bin", "tmp", "proc", "data", "var/tmp"] {
             fs::create_dir_all(dir.join(sub)).unwrap();
         }
         fs::write(dir.join("usr/bin/tool"), "").unwrap();
@@ -105,9 +105,10 @@ mod tests {
         fs::write(dir.join("data/open"), "").unwrap();
         chmod(&dir.join("data/open"), 0o666);
         fs::write(dir.join("proc/bash"), "").unwrap();
+        fs::write(dir.join("var/tmp/sh"), "").unwrap();
         let found = scan(dir.to_str().unwrap());
         let _ = fs::remove_dir_all(&dir);
-        assert_eq!(found.shells, ["/usr/bin/dash", "/usr/bin/sh"], "the skipped /proc was walked: {found:?}");
+        assert_eq!(found.shells, ["/usr/bin/dash", "/usr/bin/sh"], "the skipped /proc or /var was walked: {found:?}");
         assert_eq!(found.setid, ["/usr/bin/su", "/usr/bin/wall"]);
         assert_eq!(found.world_writable, ["/data", "/data/open"], "a sticky /tmp is fine");
         assert!(found.checked >= 10, "{found:?}");
