@@ -174,6 +174,7 @@ fn boot(init_start: u64, sigmask: &sys::sigset_t) -> Fallible<Option<(Node, bool
         containerd::prefetch();
         let (spec, gate) = containerd::prepare()?;
         supervisor.add(spec, Isolation::Shared);
+        milestones.push(("containerd_spawning", sys::boot_ms()));
         supervisor.tick(&facts::Facts::default());
         milestones.push(("containerd_started", sys::boot_ms()));
         Some(gate)
@@ -228,6 +229,7 @@ fn boot(init_start: u64, sigmask: &sys::sigset_t) -> Fallible<Option<(Node, bool
     let containerd_state = match containerd_gate {
         Some(gate) => {
             gate.open()?;
+            milestones.push(("containerd_config_given", sys::boot_ms()));
             ContainerdStatus::NotAnswering { error: format!("{} never accepted a connection", containerd::SOCKET) }
         }
         None => ContainerdStatus::Missing,
