@@ -557,6 +557,21 @@ fn unknown_board_is_refused_listing_the_known_ones() {
 }
 
 #[test]
+fn bench_boot_only_without_a_built_image_says_to_build_first() {
+    let out = tempfile::tempdir().unwrap();
+    let bench = || {
+        let mut c = xtask();
+        c.arg("--out-dir").arg(out.path()).args(["bench", "--boot-only", "--arch", "arm64"]);
+        c
+    };
+    let stderr = fails(&mut bench());
+    assert!(stderr.contains("build-image --board qemu-arm64") && stderr.contains("manifest.json"), "{stderr}");
+    let stderr = fails(bench().arg("--upload"));
+    assert!(stderr.contains("--boot-only") && stderr.contains("--upload"), "{stderr}");
+    assert!(snapshot(out.path()).len() == 1, "out dir was touched");
+}
+
+#[test]
 fn bad_board_file_names_file_line_and_field() {
     let tmp = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string(repo_root().join("boards/qemu-arm64.toml")).unwrap();

@@ -248,6 +248,34 @@ fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port on 127.0.0.1")?.local_addr()?.port())
 }
 
+/// The machine a node boots on, but for the RAM proof's fw_cfg entries: a blank scratch disk (where
+/// the board has one), the guest agent's port, an entropy source, the two NICs and the config.
+fn node_devices(
+    board: &Board,
+    dir: &Path,
+    lan: &Lan,
+    api_port: u16,
+    (config_volume, oem_string_file): (Option<PathBuf>, Option<PathBuf>),
+) -> Result<NodeDevices> {
+    let scratch_image = dir.join("scratch.raw");
+    Ok(NodeDevices {
+        scratch_disk: match &board.file.scratch_disk {
+            Some(rule) => {
+                scan::blank_disk(&scratch_image, scan::SCRATCH_SIZE)?;
+                Some((scratch_image, rule.serial.clone()))
+            }
+            None => None,
+        },
+        guest_agent_socket: Some(dir.join("qga.sock")),
+        rng: true,
+        api_forward: Some(api_port),
+        lan_netdev: Some(lan.netdev("lan0")),
+        config_volume,
+        oem_string_file,
+        fw_cfg: Vec::new(),
+    })
+}
+
 /// One boot as `scenario`'s node: steps 1 to 6 of the module doc, and the RAM proof when `prove_ram`.
 #[allow(clippy::too_many_arguments)] // the boot's inputs, each used once
 fn boot_node(
@@ -266,23 +294,10 @@ fn boot_node(
     let (config_volume, oem_string_file) = deliver_config(dir, scenario)?;
     let lan = Lan::start(scenario.offer.clone())?;
     let api_port = free_port()?;
-    let scratch_image = dir.join("scratch.raw");
     let ram_proof = if prove_ram { Some(RamProof::new(dir)?) } else { None };
     let devices = NodeDevices {
-        scratch_disk: match &board.file.scratch_disk {
-            Some(rule) => {
-                scan::blank_disk(&scratch_image, scan::SCRATCH_SIZE)?;
-                Some((scratch_image.clone(), rule.serial.clone()))
-            }
-            None => None,
-        },
-        guest_agent_socket: Some(dir.join("qga.sock")),
-        rng: true,
-        api_forward: Some(api_port),
-        lan_netdev: Some(lan.netdev("lan0")),
-        config_volume: config_volume.clone(),
-        oem_string_file: oem_string_file.clone(),
         fw_cfg: ram_proof.as_ref().map(RamProof::fw_cfg).unwrap_or_default(),
+        ..node_devices(board, dir, &lan, api_port, (config_volume.clone(), oem_string_file.clone()))?
     };
     let machine = Machine {
         board,
@@ -502,9 +517,19 @@ fn ask_guest_agent(socket: &Path) -> Result<GuestAgentReport> {
     })
 }
 
-/// Seconds from QEMU start to the floor disk's machined line (see image::build::build_floor_disk),
-/// waited for exactly as boot-test waits for the status line.
-pub fn floor_boot(board: &Board, disk: &Path, dir: &Path) -> Result<f64> {
+/// One boot of the floor disk (see image::build::build_floor_disk).
+#[derive(Debug, Clone, Copy)]
+pub struct FloorBoot {
+    /// Seconds from QEMU start to machined's floor line, waited for exactly as boot-test waits for
+    /// the status line.
+    pub secs: f64,
+    /// The kernel's clock when machined printed it: the kernel's share of the boot (the rest is
+    /// firmware and stub).
+    pub machined_ms: u64,
+}
+
+/// Boots the floor disk once.
+pub fn floor_boot(board: &Board, disk: &Path, dir: &Path) -> Result<FloorBoot> {
     let accel = qemu::choose_accel(board, Accel::Auto)?;
     let firmware = Firmware::plain(board);
     let machine = Machine {
@@ -515,15 +540,21 @@ pub fn floor_boot(board: &Board, disk: &Path, dir: &Path) -> Result<f64> {
         qmp_socket: dir.join("floor-qmp.sock"),
         accel,
     };
-    // The same NICs as a node has, so the firmware and kernel do the same work.
-    let lan = Lan::start(lan::Offer { hostname: None })?;
-    let devices =
-        NodeDevices { api_forward: Some(free_port()?), lan_netdev: Some(lan.netdev("lan0")), ..NodeDevices::default() };
+    // The machine bench's node boots on (the first role's), so the firmware and kernel find the same
+    // devices: the floor differs from the node in its initramfs alone.
+    let scenario = &roles::scenarios()[0];
+    let lan = Lan::start(scenario.offer.clone())?;
+    let devices = node_devices(board, dir, &lan, free_port()?, deliver_config(dir, scenario)?)?;
     let started = Instant::now();
     let (mut qemu, stderr) = machine.start_with(&devices)?;
     let limit = Duration::from_secs(board.file.qemu.boot_timeout_secs);
-    let (_, elapsed) = console::wait_for_line(&mut qemu, &machine.serial_log, &stderr, started, limit, FLOOR)
+    let (rest, elapsed) = console::wait_for_line(&mut qemu, &machine.serial_log, &stderr, started, limit, FLOOR)
         .with_context(|| format!("the floor boot of {}", board.name))?;
     qemu.kill();
-    Ok(elapsed.as_secs_f64())
+    let machined_ms = rest
+        .trim()
+        .strip_prefix("ready_ms=")
+        .and_then(|ms| ms.parse().ok())
+        .with_context(|| format!("the floor line of {} has no ready_ms=<ms>: {FLOOR}{rest}", board.name))?;
+    Ok(FloorBoot { secs: elapsed.as_secs_f64(), machined_ms })
 }

@@ -21,7 +21,7 @@ use crate::sign::minisign::SecretKey;
 use crate::sign::secure_boot;
 use crate::spec::names::MANIFEST_FILE;
 use crate::spec::workspace::Workspace;
-use crate::spec::{select_board, Arch};
+use crate::spec::{select_board, Arch, Board};
 use crate::uki::secure_boot::SecureBootKeys;
 use crate::upload::garage;
 use crate::upload::stage_cache::S3StageCache;
@@ -54,6 +54,10 @@ pub struct BenchArgs {
     /// Boots of the image and of the floor, interleaved (medians and spread are reported)
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub runs: u32,
+    /// Only the boot rows (plain firmware): the image build-image last built in out/, against the
+    /// floor. For judging a boot change without the build rows' ten minutes
+    #[arg(long, conflicts_with_all = ["upload", "upload_only"])]
+    pub boot_only: bool,
 }
 
 /// The upload rows.
@@ -76,7 +80,6 @@ pub struct UploadFigures {
 #[derive(Debug, Serialize)]
 pub struct ArchFigures {
     pub arch: Arch,
-    pub board: String,
     pub cold_build_secs: f64,
     pub cold_downloaded_bytes: u64,
     pub warm_build_secs: f64,
@@ -98,24 +101,71 @@ pub struct ArchFigures {
     pub raw_zst_bytes: u64,
     pub uki_bytes: u64,
     pub rootfs_bytes: u64,
+    #[serde(flatten)]
+    pub boots: BootFigures,
+    pub signed_build_secs: f64,
+    pub secure_boot_ready_secs: f64,
+    /// Seconds from QEMU start to the firmware's refusal, per refused image.
+    pub refusal_secs: Vec<(String, f64)>,
+}
+
+/// The node's boots to ready and the floor's, interleaved.
+#[derive(Debug, Serialize)]
+pub struct BootFigures {
+    pub board: String,
     /// Boot to ready and the floor, one figure per run (in run order).
     pub ready_secs: Vec<f64>,
     pub floor_secs: Vec<f64>,
     /// Each run's ready over the floor measured just before it. The table's ratio is the median
     /// ready over the median floor; these per-run ratios show how much one pairing can swing.
     pub ready_over_floor: Vec<f64>,
-    pub signed_build_secs: f64,
-    pub secure_boot_ready_secs: f64,
-    /// Seconds from QEMU start to the firmware's refusal, per refused image.
-    pub refusal_secs: Vec<(String, f64)>,
+    /// Where each run's time went, by the guest kernel's clock read at the line the host waited for.
+    pub floor_phases: Vec<Phases>,
+    pub ready_phases: Vec<Phases>,
+    /// Each run's milestones as machined reported them (`--json` only): where /init's time went.
+    pub ready_milestones_ms: Vec<serde_json::Value>,
     /// ms from machined's shutdown request to its shred-done line, per run (a run without the line
     /// has none).
     pub shutdown_ms: Vec<u64>,
 }
 
+/// One boot split at the kernel's clock: what came before the kernel started counting (firmware,
+/// systemd-stub, the kernel's own decompression), the kernel up to /init, and /init to the line.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Phases {
+    pub before_kernel_secs: f64,
+    pub kernel_secs: f64,
+    pub userspace_secs: f64,
+}
+
+impl Phases {
+    /// `host_secs` from QEMU start to the line; `line_ms` the kernel's clock on it; `init_ms` at /init.
+    fn split(host_secs: f64, init_ms: u64, line_ms: u64) -> Phases {
+        Phases {
+            before_kernel_secs: host_secs - line_ms as f64 / 1e3,
+            kernel_secs: init_ms as f64 / 1e3,
+            userspace_secs: line_ms.saturating_sub(init_ms) as f64 / 1e3,
+        }
+    }
+
+    /// The boot's node: from the status line's milestones.
+    fn of_node(host_secs: f64, milestones: &serde_json::Value) -> Result<Phases> {
+        let ms = |name: &str| {
+            milestones
+                .get(name)
+                .and_then(serde_json::Value::as_u64)
+                .with_context(|| format!("the status line's milestones_ms has no {name}: {milestones}"))
+        };
+        Ok(Phases::split(host_secs, ms("init_start")?, ms("ready")?))
+    }
+}
+
 pub fn run(global: &Global, args: &BenchArgs) -> Result<()> {
     let ws = global.workspace();
     let scratch = tempfile::tempdir().context("creating the bench's scratch directory")?;
+    if args.boot_only {
+        return bench_boot_only(global, &ws, args, scratch.path());
+    }
     let mut rows = Vec::new();
     if !args.upload_only {
         for arch in args.arch.map_or(Arch::ALL.to_vec(), |a| vec![a]) {
@@ -138,6 +188,30 @@ pub fn run(global: &Global, args: &BenchArgs) -> Result<()> {
     if let Some(upload) = &upload {
         print_upload(upload);
     }
+    Ok(())
+}
+
+/// `--boot-only`: per arch, the image in out/ (as boot-test boots it) against the floor.
+fn bench_boot_only(global: &Global, ws: &Workspace, args: &BenchArgs, scratch: &Path) -> Result<()> {
+    let mut rows = Vec::new();
+    for arch in args.arch.map_or(Arch::ALL.to_vec(), |a| vec![a]) {
+        let board = select_board(&ws.boards_dir(), None, Some(arch))?;
+        // Before the floor's build: without an image there is nothing to compare it with.
+        Manifest::load(&ws.board_out_dir(&board.name)).with_context(|| {
+            format!(
+                "bench --boot-only boots the image in out/: run `cargo xtask build-image --board {}` first",
+                board.name
+            )
+        })?;
+        host::ensure(&build::requirements(arch))?;
+        host::ensure(&qemu::requirements(&board))?;
+        rows.push(bench_boots(ws, &board, scratch, args.runs)?);
+    }
+    if global.json {
+        return print_json(&rows);
+    }
+    let refs: Vec<&BootFigures> = rows.iter().collect();
+    print_lines(boot_lines(&refs));
     Ok(())
 }
 
@@ -278,11 +352,6 @@ fn measure_uploads(node: &garage::Node, dir: &Path, file: &Path, key: &Path, run
     Ok(figures)
 }
 
-/// `label` with the number of runs its figures are the median of.
-fn runs_label(label: &str, rows: &[ArchFigures]) -> String {
-    format!("{label}, median of {}", rows.first().map_or(0, |r| r.ready_secs.len()))
-}
-
 /// The median with the spread (lowest–highest) of `values`, in `unit`: "16.6 s (15.9–17.4)".
 fn median_spread(values: &[f64], unit: &str) -> String {
     let low = values.iter().copied().fold(f64::INFINITY, f64::min);
@@ -290,6 +359,16 @@ fn median_spread(values: &[f64], unit: &str) -> String {
     let precision = if unit == "×" { 2 } else { 1 };
     let sep = if unit == "×" { "" } else { " " };
     format!("{:.precision$}{sep}{unit} ({low:.precision$}–{high:.precision$})", median(values))
+}
+
+/// Each phase's median over the runs, in seconds: "7.5 + 5.8" (with `userspace`, a third term).
+fn phase_medians(phases: &[Phases], userspace: bool) -> String {
+    let of = |f: fn(&Phases) -> f64| format!("{:.1}", median(&phases.iter().map(f).collect::<Vec<_>>()));
+    let mut terms = vec![of(|p| p.before_kernel_secs), of(|p| p.kernel_secs)];
+    if userspace {
+        terms.push(of(|p| p.userspace_secs));
+    }
+    format!("{} s", terms.join(" + "))
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -353,7 +432,7 @@ const CHANGED_FILE: &str = "rootfs/usr/local/etc/containers/iscsid.yaml";
 /// A cold build (empty package cache, empty local stage cache) served by a warm remote stage cache in
 /// a loopback Garage, after a build (with its own empty local stage cache) that filled the remote.
 /// Returns that build's report and the filling build's seconds.
-fn bench_remote_cache(ws: &Workspace, board: &crate::spec::Board, scratch: &Path) -> Result<(build::BuildReport, f64)> {
+fn bench_remote_cache(ws: &Workspace, board: &Board, scratch: &Path) -> Result<(build::BuildReport, f64)> {
     let arch = board.arch();
     host::ensure(&garage::client_requirements())?;
     let binary = garage::install(&ws.cache_dir())?;
@@ -394,36 +473,20 @@ fn bench_arch(ws: &Workspace, arch: Arch, scratch: &std::path::Path, runs: u32) 
     host::ensure(&build::requirements(arch))?;
     host::ensure(&qemu::requirements(&board))?;
     let with = |cache: &str, out: &str| ws.with_cache_and_out(&scratch.join(cache), &scratch.join(out));
-    let local = |ws: &Workspace| StageCache::new(Some(ws.cache_dir().join("stages")), None, false);
     progress::note(format!("bench {arch}: cold build (empty caches)"));
     let cold_ws = with(&format!("cache-{arch}"), &format!("cold-{arch}"));
-    let cold = build::build(&cold_ws, &board, None, &local(&cold_ws))?;
+    let cold = build::build(&cold_ws, &board, None, &local_stage_cache(&cold_ws))?;
     progress::note(format!("bench {arch}: warm build (cached packages, every stage run, empty output)"));
     let warm_ws = with(&format!("cache-{arch}"), &format!("warm-{arch}"));
     let warm = build::build(&warm_ws, &board, None, &StageCache::disabled())?;
     progress::note(format!("bench {arch}: second build, nothing changed (stage cache)"));
-    let unchanged = build::build(&cold_ws, &board, None, &local(&cold_ws))?;
+    let unchanged = build::build(&cold_ws, &board, None, &local_stage_cache(&cold_ws))?;
     progress::note(format!("bench {arch}: one file of one extension changed (stage cache)"));
     let changed_ws = one_extension_changed(&cold_ws, scratch, arch)?;
-    let one_extension = build::build(&changed_ws, &board, None, &local(&changed_ws))?;
+    let one_extension = build::build(&changed_ws, &board, None, &local_stage_cache(&changed_ws))?;
     let (cold_remote, remote_seed) = bench_remote_cache(ws, &board, scratch)?;
 
-    // The floor and the node's boots interleaved, so that a noisy minute weighs on both alike.
-    let plain =
-        BootOptions { accel: Accel::Auto, timeout: None, first_role_only: true, secure_boot: false, refusals: false };
-    let floor_dir = scratch.join(format!("floor-{arch}"));
-    std::fs::create_dir_all(&floor_dir).with_context(|| format!("creating {}", floor_dir.display()))?;
-    let floor_disk = build_floor_disk(&warm_ws, &board, &floor_dir)?;
-    let (mut ready_secs, mut floor_secs, mut shutdown_ms) = (Vec::new(), Vec::new(), Vec::new());
-    for run in 1..=runs {
-        progress::note(format!(
-            "bench {arch}: run {run} of {runs}: the floor boot (trivial initramfs), then boot-test"
-        ));
-        floor_secs.push(floor_boot(&board, &floor_disk, &floor_dir)?);
-        let boot = boot_test(&warm_ws, &board, &plain)?;
-        ready_secs.push(boot.ready_secs);
-        shutdown_ms.extend(boot.nodes[0].shutdown_ms);
-    }
+    let boots = bench_boots(&warm_ws, &board, scratch, runs)?;
 
     progress::note(format!("bench {arch}: build signed for Secure Boot (cached packages), boot-test --secure-boot"));
     let keys_dir = scratch.join(format!("secure-boot-keys-{arch}"));
@@ -432,14 +495,13 @@ fn bench_arch(ws: &Workspace, arch: Arch, scratch: &std::path::Path, runs: u32) 
     let keys = SecureBootKeys::load_own(&keys_dir)?;
     let signed_ws = with(&format!("cache-{arch}"), &format!("signed-{arch}"));
     let signed = build::build(&signed_ws, &board, Some(&keys), &StageCache::disabled())?;
-    let secure = BootOptions { secure_boot: true, refusals: true, ..plain };
+    let secure = BootOptions { secure_boot: true, refusals: true, ..PLAIN_BOOT };
     let secure_boot_boot = boot_test(&signed_ws, &board, &secure)?;
 
     let manifest: &Manifest = &warm.manifest;
     let size = |suffix: &str| manifest.artifact(suffix).map_or(0, |a| a.size);
     Ok(ArchFigures {
         arch,
-        board: board.name.clone(),
         cold_build_secs: cold.seconds,
         cold_downloaded_bytes: cold.downloaded_bytes,
         warm_build_secs: warm.seconds,
@@ -458,12 +520,53 @@ fn bench_arch(ws: &Workspace, arch: Arch, scratch: &std::path::Path, runs: u32) 
         raw_zst_bytes: size(".raw.zst"),
         uki_bytes: size(".efi"),
         rootfs_bytes: size(".rootfs.sqsh"),
-        ready_over_floor: ready_secs.iter().zip(&floor_secs).map(|(ready, floor)| ready / floor).collect(),
-        ready_secs,
-        floor_secs,
+        boots,
         signed_build_secs: signed.seconds,
         secure_boot_ready_secs: secure_boot_boot.ready_secs,
         refusal_secs: secure_boot_boot.refusals.iter().map(|r| (r.image.clone(), r.refused_secs)).collect(),
+    })
+}
+
+/// The workspace's own stage cache, where build-image keeps it.
+fn local_stage_cache(ws: &Workspace) -> StageCache {
+    StageCache::new(Some(ws.cache_dir().join("stages")), None, false)
+}
+
+/// The bench's node boots: the first role, under the plain firmware.
+const PLAIN_BOOT: BootOptions =
+    BootOptions { accel: Accel::Auto, timeout: None, first_role_only: true, secure_boot: false, refusals: false };
+
+/// `runs` boots of the floor and of `ws`'s built image on `board`, interleaved, so that a noisy
+/// minute weighs on both alike.
+fn bench_boots(ws: &Workspace, board: &Board, scratch: &Path, runs: u32) -> Result<BootFigures> {
+    let arch = board.arch();
+    let floor_dir = scratch.join(format!("floor-{arch}"));
+    std::fs::create_dir_all(&floor_dir).with_context(|| format!("creating {}", floor_dir.display()))?;
+    let floor_disk = build_floor_disk(ws, board, &floor_dir)?;
+    let (mut ready_secs, mut floor_secs, mut shutdown_ms) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut floor_phases, mut ready_phases, mut ready_milestones_ms) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 1..=runs {
+        progress::note(format!(
+            "bench {arch}: run {run} of {runs}: the floor boot (trivial initramfs), then boot-test"
+        ));
+        let floor = floor_boot(board, &floor_disk, &floor_dir)?;
+        floor_secs.push(floor.secs);
+        // The floor's /init prints its line at once: all of its time is firmware and kernel.
+        floor_phases.push(Phases::split(floor.secs, floor.machined_ms, floor.machined_ms));
+        let boot = boot_test(ws, board, &PLAIN_BOOT)?;
+        ready_secs.push(boot.ready_secs);
+        ready_phases.push(Phases::of_node(boot.ready_secs, &boot.status.milestones_ms)?);
+        ready_milestones_ms.push(boot.status.milestones_ms.clone());
+        shutdown_ms.extend(boot.nodes[0].shutdown_ms);
+    }
+    Ok(BootFigures {
+        board: board.name.clone(),
+        ready_over_floor: ready_secs.iter().zip(&floor_secs).map(|(ready, floor)| ready / floor).collect(),
+        ready_secs,
+        floor_secs,
+        floor_phases,
+        ready_phases,
+        ready_milestones_ms,
         shutdown_ms,
     })
 }
@@ -504,17 +607,38 @@ fn print_table(rows: &[ArchFigures]) {
         ),
         ("UKI".into(), rows.iter().map(|r| mb(r.uki_bytes)).collect()),
         ("root squashfs".into(), rows.iter().map(|r| mb(r.rootfs_bytes)).collect()),
-        (runs_label("boot to ready", rows), rows.iter().map(|r| median_spread(&r.ready_secs, "s")).collect()),
-        ("boot to ready, Secure Boot".into(), rows.iter().map(|r| secs(r.secure_boot_ready_secs)).collect()),
-        (
-            runs_label("floor (trivial initramfs)", rows),
-            rows.iter().map(|r| median_spread(&r.floor_secs, "s")).collect(),
-        ),
+    ];
+    let boots: Vec<&BootFigures> = rows.iter().map(|r| &r.boots).collect();
+    lines.extend(boot_lines(&boots));
+    lines.push(("boot to ready, Secure Boot".into(), rows.iter().map(|r| secs(r.secure_boot_ready_secs)).collect()));
+    for (index, (image, _)) in rows.first().map_or(&[][..], |r| &r.refusal_secs[..]).iter().enumerate() {
+        let cells = rows.iter().map(|r| r.refusal_secs.get(index).map_or("-".into(), |(_, s)| secs(*s))).collect();
+        lines.push((format!("  refused: {image}"), cells));
+    }
+    lines.push((
+        "warm build / 15 s target".into(),
+        rows.iter().map(|r| format!("{:.2}×", r.warm_build_secs / 15.0)).collect(),
+    ));
+    print_lines(lines);
+}
+
+/// The boot rows: the node against the floor, medians over the runs, and where the time went.
+fn boot_lines(rows: &[&BootFigures]) -> Vec<(String, Vec<String>)> {
+    let runs_label = |label: &str| format!("{label}, median of {}", rows.first().map_or(0, |r| r.ready_secs.len()));
+    let mut lines = vec![("".into(), rows.iter().map(|r| r.board.clone()).collect())];
+    lines.extend([
+        (runs_label("boot to ready"), rows.iter().map(|r| median_spread(&r.ready_secs, "s")).collect()),
+        (runs_label("floor (trivial initramfs)"), rows.iter().map(|r| median_spread(&r.floor_secs, "s")).collect()),
         (
             "ready / floor, medians (≤ 1.3×)".into(),
             rows.iter().map(|r| format!("{:.2}×", median(&r.ready_secs) / median(&r.floor_secs))).collect(),
         ),
         ("  per run (median, spread)".into(), rows.iter().map(|r| median_spread(&r.ready_over_floor, "×")).collect()),
+        ("  floor: pre-kernel + kernel".into(), rows.iter().map(|r| phase_medians(&r.floor_phases, false)).collect()),
+        (
+            "  ready: pre-kernel + kernel + /init".into(),
+            rows.iter().map(|r| phase_medians(&r.ready_phases, true)).collect(),
+        ),
         (
             "shutdown to shred done".into(),
             rows.iter()
@@ -528,19 +652,14 @@ fn print_table(rows: &[ArchFigures]) {
                 })
                 .collect(),
         ),
-        ("warm build / 15 s target".into(), rows.iter().map(|r| format!("{:.2}×", r.warm_build_secs / 15.0)).collect()),
-    ];
-    for (index, (image, _)) in rows.first().map_or(&[][..], |r| &r.refusal_secs[..]).iter().enumerate() {
-        let label = format!("  refused: {image}");
-        let cells = rows.iter().map(|r| r.refusal_secs.get(index).map_or("-".into(), |(_, s)| secs(*s))).collect();
-        let at =
-            lines.iter().position(|(l, _)| l == "boot to ready, Secure Boot").map_or(lines.len(), |i| i + 1 + index);
-        lines.insert(at, (label, cells));
-    }
-    lines.insert(0, ("".into(), rows.iter().map(|r| r.board.clone()).collect()));
+    ]);
+    lines
+}
+
+fn print_lines(lines: Vec<(String, Vec<String>)>) {
     for (label, cells) in lines {
         let cells: Vec<String> = cells.iter().map(|c| format!("{c:>22}")).collect();
-        println!("| {label:<32} |{} |", cells.join(" |"));
+        println!("| {label:<36} |{} |", cells.join(" |"));
     }
 }
 
@@ -556,5 +675,18 @@ mod tests {
         assert_eq!(median_spread(&[16.6, 15.94, 17.4], "s"), "16.6 s (15.9–17.4)");
         assert_eq!(median_spread(&[1.31, 1.2, 1.5], "×"), "1.31× (1.20–1.50)");
         assert_eq!(median_spread(&[12.0], "s"), "12.0 s (12.0–12.0)");
+    }
+
+    #[test]
+    fn a_boot_splits_at_the_kernels_clock() {
+        let milestones = serde_json::json!({"init_start": 5_800, "root_mounted": 6_100, "ready": 12_300});
+        let node = Phases::of_node(20.5, &milestones).unwrap();
+        assert!((node.before_kernel_secs - 8.2).abs() < 1e-9, "{node:?}");
+        assert!((node.kernel_secs - 5.8).abs() < 1e-9 && (node.userspace_secs - 6.5).abs() < 1e-9, "{node:?}");
+        let floor = Phases::split(13.0, 5_500, 5_500);
+        assert_eq!(phase_medians(&[floor, Phases::split(14.0, 5_700, 5_700)], false), "7.9 + 5.6 s");
+        assert_eq!(phase_medians(&[node], true), "8.2 + 5.8 + 6.5 s");
+        let err = Phases::of_node(20.5, &serde_json::json!({"init_start": 1})).unwrap_err();
+        assert!(format!("{err:#}").contains("has no ready"), "{err:#}");
     }
 }
