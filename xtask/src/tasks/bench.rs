@@ -131,6 +131,8 @@ pub struct BootFigures {
 
 /// One boot split at the kernel's clock: what came before the kernel started counting (firmware,
 /// systemd-stub, the kernel's own decompression), the kernel up to /init, and /init to the line.
+/// A node's clock is read at its `ready` milestone, just before it writes the status line, so the
+/// first phase also holds that line's way to the host (the floor prints at once).
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Phases {
     pub before_kernel_secs: f64,
@@ -659,7 +661,7 @@ fn boot_lines(rows: &[&BootFigures]) -> Vec<(String, Vec<String>)> {
 fn print_lines(lines: Vec<(String, Vec<String>)>) {
     for (label, cells) in lines {
         let cells: Vec<String> = cells.iter().map(|c| format!("{c:>22}")).collect();
-        println!("| {label:<36} |{} |", cells.join(" |"));
+        println!("| {label:<38} |{} |", cells.join(" |"));
     }
 }
 
