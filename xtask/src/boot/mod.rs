@@ -291,13 +291,13 @@ fn boot_node(
 ) -> Result<NodeReport> {
     // 1. Config, LAN, boot.
     let timeout = options.timeout.unwrap_or(Duration::from_secs(board.file.qemu.boot_timeout_secs));
-    let (config_volume, oem_string_file) = deliver_config(dir, scenario)?;
+    let config = deliver_config(dir, scenario)?;
     let lan = Lan::start(scenario.offer.clone())?;
     let api_port = free_port()?;
     let ram_proof = if prove_ram { Some(RamProof::new(dir)?) } else { None };
     let devices = NodeDevices {
         fw_cfg: ram_proof.as_ref().map(RamProof::fw_cfg).unwrap_or_default(),
-        ..node_devices(board, dir, &lan, api_port, (config_volume.clone(), oem_string_file.clone()))?
+        ..node_devices(board, dir, &lan, api_port, config)?
     };
     let machine = Machine {
         board,
@@ -432,8 +432,8 @@ fn boot_node(
     for file in [
         Some(&machine.qmp_socket),
         devices.guest_agent_socket.as_ref(),
-        config_volume.as_ref(),
-        oem_string_file.as_ref(),
+        devices.config_volume.as_ref(),
+        devices.oem_string_file.as_ref(),
     ]
     .into_iter()
     .flatten()
