@@ -565,7 +565,12 @@ fn bench_boot_only_without_a_built_image_says_to_build_first() {
         c
     };
     let stderr = fails(&mut bench());
-    assert!(stderr.contains("build-image --board qemu-arm64") && stderr.contains("manifest.json"), "{stderr}");
+    assert!(
+        stderr.contains("bench --boot-only boots the image in out/")
+            && stderr.contains("build-image --board qemu-arm64")
+            && stderr.contains("manifest.json"),
+        "{stderr}"
+    );
     let stderr = fails(bench().arg("--upload"));
     assert!(stderr.contains("--boot-only") && stderr.contains("--upload"), "{stderr}");
     assert!(snapshot(out.path()).len() == 1, "out dir was touched");
