@@ -2,8 +2,8 @@
 //! machine is ([`boot_test`]). The same disk boots once per role (roles.rs): a worker and a
 //! control-plane node from two NoCloud config volumes, and a node whose config is invalid; each boot:
 //!
-//! 1. The node's config is made (a CIDATA FAT volume, or an SMBIOS OEM string) and the test LAN
-//!    (lan.rs) started; the disk manifest.json names (qcow2, else raw) boots as a snapshot with a
+//! 1. The node's config is made (a CIDATA volume, FAT or ISO-9660, or an SMBIOS OEM string) and the
+//!    test LAN (lan.rs) started; the disk manifest.json names (qcow2, else raw) boots as a snapshot with a
 //!    blank scratch disk, two NICs (QEMU user networking with `restrict=on` forwarding the node's API
 //!    port to 127.0.0.1, and the LAN), the guest agent's virtio-serial port and a virtio entropy source.
 //! 2. The console is watched until machined's status line (a failure or timeout ends it early).
@@ -51,6 +51,7 @@ use crate::image::manifest::Manifest;
 use crate::spec::protocol::{CONFIG_OEM_STRING, CONFIG_VOLUME_LABEL, FLOOR, MARKER_PREFIX, SHRED_DONE, STATUS};
 use crate::spec::workspace::Workspace;
 use crate::spec::Board;
+use crate::util::cmd::cmd;
 use crate::util::digest::sha256_file;
 use crate::util::host;
 use crate::util::progress;
@@ -60,7 +61,7 @@ use lan::{Lan, LanLog};
 use qemu::{Accel, Firmware, Machine, NodeDevices};
 use qmp::{GuestAgent, Qmp};
 use ram::RamProof;
-use roles::{ConfigDelivery, Scenario};
+use roles::{ConfigDelivery, Scenario, VolumeFormat};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -85,6 +86,7 @@ pub struct BootOptions {
 /// What booting `board` needs on the host; with Secure Boot, also what the refusals sign with.
 pub fn requirements(board: &Board, secure_boot: bool) -> Vec<host::Requirement> {
     let mut reqs = qemu::requirements(board);
+    reqs.push(host::req(XORRISO, "xorriso", "boot-test (the control-plane node's ISO-9660 config volume)"));
     if secure_boot {
         reqs.extend(refusal::requirements());
     }
@@ -152,6 +154,8 @@ const POWEROFF_LIMIT: Duration = Duration::from_secs(30);
 const RENEWAL_LIMIT: Duration = Duration::from_secs(3 * lan::LEASE_SECS as u64);
 /// The CIDATA volume: FAT32's smallest size (sparse on the host).
 const CONFIG_VOLUME_BYTES: u64 = 34 << 20;
+/// Makes the ISO-9660 config volume (its mkisofs emulation, as cloud-init's tools use).
+const XORRISO: &str = "xorriso";
 
 /// Boots the image in out/<board>/ once per role and proves it; see the module doc for the steps.
 pub fn boot_test(ws: &Workspace, board: &Board, options: &BootOptions) -> Result<BootReport> {
@@ -226,11 +230,16 @@ pub fn boot_test(ws: &Workspace, board: &Board, options: &BootOptions) -> Result
 /// Makes the file that carries the scenario's config: a CIDATA volume or an OEM-string file.
 fn deliver_config(dir: &Path, scenario: &Scenario) -> Result<(Option<PathBuf>, Option<PathBuf>)> {
     match &scenario.delivery {
-        ConfigDelivery::Volume { user_data, meta_data } => {
+        ConfigDelivery::Volume { format, user_data, meta_data } => {
             let volume = dir.join(format!("cidata-{}.img", scenario.name));
             let files: [(&str, &[u8]); 2] = [("user-data", user_data.as_bytes()), ("meta-data", meta_data.as_bytes())];
-            build_esp(&volume, CONFIG_VOLUME_BYTES, &files, 0, 0x0c1d_a7a0, CONFIG_VOLUME_LABEL)
-                .with_context(|| format!("making the {} config volume", scenario.name))?;
+            match format {
+                VolumeFormat::Fat => {
+                    build_esp(&volume, CONFIG_VOLUME_BYTES, &files, 0, 0x0c1d_a7a0, CONFIG_VOLUME_LABEL)
+                }
+                VolumeFormat::Iso9660 => build_iso(&volume, &files, &dir.join(format!("cidata-{}", scenario.name))),
+            }
+            .with_context(|| format!("making the {} config volume", scenario.name))?;
             Ok((Some(volume), None))
         }
         ConfigDelivery::OemString(text) => {
@@ -241,6 +250,23 @@ fn deliver_config(dir: &Path, scenario: &Scenario) -> Result<(Option<PathBuf>, O
             Ok((None, Some(file)))
         }
     }
+}
+
+/// An ISO-9660 NoCloud seed as cloud-init's cloud-localds makes one (`-volid cidata -joliet -rock`),
+/// from `files` staged in `staging`.
+fn build_iso(volume: &Path, files: &[(&str, &[u8])], staging: &Path) -> Result<()> {
+    std::fs::create_dir_all(staging).with_context(|| format!("creating {}", staging.display()))?;
+    for (name, bytes) in files {
+        let path = staging.join(name);
+        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let _ = std::fs::remove_file(volume);
+    cmd(XORRISO)
+        .args(["-as", "mkisofs", "-quiet", "-volid", CONFIG_VOLUME_LABEL, "-joliet", "-rock", "-output"])
+        .arg(volume)
+        .arg(staging)
+        .run()?;
+    std::fs::remove_dir_all(staging).with_context(|| format!("removing {}", staging.display()))
 }
 
 /// A free TCP port on 127.0.0.1 for the API forward (taken and released; QEMU binds it next).
@@ -452,6 +478,7 @@ fn boot_node(
         api: &api_status,
         lan: &lan_log,
         expect: &scenario.expect,
+        delivery: &scenario.delivery,
         role: scenario.name,
         shutdown,
         secure_boot: firmware.secure_boot,

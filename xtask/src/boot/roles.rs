@@ -4,21 +4,51 @@
 //!
 //! 1. worker: a NoCloud CIDATA volume (FAT) with a worker config; DHCP on both NICs, the host name
 //!    from the LAN's lease, time from the NTP server the lease names, the lease renewed while watched.
-//! 2. control-plane: another CIDATA volume: host name cp-1, a static address and default route on the
-//!    LAN NIC (no DHCP there), nameserver and NTP server from the config.
+//! 2. control-plane: another CIDATA volume, ISO-9660 this time (as cloud-init's tools make seeds):
+//!    host name cp-1, a static address and default route on the LAN NIC (no DHCP there), nameserver
+//!    and NTP server from the config. The kernel's isofs driver loads on demand to read it.
 //! 3. invalid: a config in an SMBIOS OEM string with a wrong address: reported with its field, no
 //!    role, and the node still up and answering its API.
 
 use super::lan::Offer;
 use serde::Serialize;
 
+/// The filesystem of a NoCloud config volume.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VolumeFormat {
+    /// FAT, made by the ESP's writer; machined reads it itself.
+    Fat,
+    /// ISO-9660 with Rock Ridge and Joliet names, made by xorriso; machined mounts it.
+    Iso9660,
+}
+
+impl VolumeFormat {
+    /// The fstype machined names in config.source.
+    pub fn fstype(self) -> &'static str {
+        match self {
+            VolumeFormat::Fat => "vfat",
+            VolumeFormat::Iso9660 => "iso9660",
+        }
+    }
+}
+
 /// How the config reaches the node.
 #[derive(Clone, Debug)]
 pub enum ConfigDelivery {
-    /// A FAT volume labelled CIDATA with user-data and meta-data.
-    Volume { user_data: &'static str, meta_data: &'static str },
+    /// A volume labelled CIDATA with user-data and meta-data.
+    Volume { format: VolumeFormat, user_data: &'static str, meta_data: &'static str },
     /// `machined.config=<base64>` as an SMBIOS OEM string.
     OemString(&'static str),
+}
+
+impl ConfigDelivery {
+    /// What config.source must start with, and the fstype it must name in parentheses at its end.
+    pub fn expected_source(&self) -> (&'static str, Option<&'static str>) {
+        match self {
+            ConfigDelivery::Volume { format, .. } => ("cidata:", Some(format.fstype())),
+            ConfigDelivery::OemString(_) => ("smbios:", None),
+        }
+    }
 }
 
 /// What the node must report in one boot.
@@ -26,8 +56,6 @@ pub enum ConfigDelivery {
 pub struct Expectation {
     /// The role, or None where the config is invalid.
     pub role: Option<&'static str>,
-    /// What config.source starts with.
-    pub config_source: &'static str,
     /// For an invalid config: the field it must be reported against.
     pub invalid_field: Option<&'static str>,
     pub hostname: &'static str,
@@ -101,11 +129,14 @@ pub fn scenarios() -> Vec<Scenario> {
     vec![
         Scenario {
             name: "worker",
-            delivery: ConfigDelivery::Volume { user_data: WORKER, meta_data: "instance-id: boot-test-worker\n" },
+            delivery: ConfigDelivery::Volume {
+                format: VolumeFormat::Fat,
+                user_data: WORKER,
+                meta_data: "instance-id: boot-test-worker\n",
+            },
             offer: Offer { hostname: Some("worker-1".into()) },
             expect: Expectation {
                 role: Some("worker"),
-                config_source: "cidata:",
                 invalid_field: None,
                 hostname: "worker-1",
                 hostname_source: "dhcp",
@@ -117,11 +148,14 @@ pub fn scenarios() -> Vec<Scenario> {
         },
         Scenario {
             name: "control-plane",
-            delivery: ConfigDelivery::Volume { user_data: CONTROL_PLANE, meta_data: "instance-id: boot-test-cp\n" },
+            delivery: ConfigDelivery::Volume {
+                format: VolumeFormat::Iso9660,
+                user_data: CONTROL_PLANE,
+                meta_data: "instance-id: boot-test-cp\n",
+            },
             offer: Offer { hostname: Some("not-this-name".into()) },
             expect: Expectation {
                 role: Some("controlplane"),
-                config_source: "cidata:",
                 invalid_field: None,
                 hostname: "cp-1",
                 hostname_source: "config",
@@ -137,7 +171,6 @@ pub fn scenarios() -> Vec<Scenario> {
             offer: Offer { hostname: Some("rescue-1".into()) },
             expect: Expectation {
                 role: None,
-                config_source: "smbios:",
                 invalid_field: Some(INVALID_FIELD),
                 hostname: "rescue-1",
                 hostname_source: "dhcp",

@@ -7,7 +7,7 @@ use super::console::{check_crash_loops, scan_for_failures};
 use super::lan::{self, LanLog};
 use super::qemu::LAN_NIC_MAC;
 use super::ram::DumpScan;
-use super::roles::Expectation;
+use super::roles::{ConfigDelivery, Expectation, VolumeFormat};
 use super::scan::Findings;
 use crate::image::manifest::Manifest;
 use crate::spec::protocol::{MARKER_PREFIX, SCRATCH_CLOSED, SHRED_DONE, SHUTDOWN};
@@ -238,8 +238,9 @@ pub struct Evidence<'a> {
     pub api: &'a Result<Status, String>,
     /// What the test LAN saw.
     pub lan: &'a LanLog,
-    /// What this role's node must report.
+    /// What this role's node must report, and how its config was delivered.
     pub expect: &'a Expectation,
+    pub delivery: &'a ConfigDelivery,
     pub role: &'a str,
     pub shutdown: ShutdownRequest,
     /// Booted under the board's Secure Boot firmware with our keys enrolled: the node must say the
@@ -392,8 +393,15 @@ fn node_problems(evidence: &Evidence, problems: &mut Vec<String>) {
 
     // The config: its source, and the role, or the invalid field.
     let config = &status.config;
-    if !text(&config["source"]).starts_with(expect.config_source) {
-        problems.push(format!("config.source is {}, expected {}…", config["source"], expect.config_source));
+    let source = text(&config["source"]);
+    match evidence.delivery.expected_source() {
+        (prefix, _) if !source.starts_with(prefix) => {
+            problems.push(format!("config.source is {}, expected {prefix}…", config["source"]))
+        }
+        (_, Some(fstype)) if !source.ends_with(&format!("({fstype})")) => {
+            problems.push(format!("config.source is {}, expected a {fstype} volume", config["source"]))
+        }
+        _ => {}
     }
     match (expect.role, expect.invalid_field) {
         (Some(role), _) => {
@@ -512,18 +520,21 @@ fn node_problems(evidence: &Evidence, problems: &mut Vec<String>) {
         }
     }
 
-    // Modules on demand: br_netfilter and what it needs (llc, stp, bridge), loaded from the root's
-    // tree although not boot modules, with signatures enforced. (The config volume's FAT machined
-    // reads itself, without the kernel's driver.)
+    // Modules on demand: br_netfilter and what it needs (llc, stp, bridge), and isofs where the
+    // config volume is ISO-9660 (the kernel asks for it when machined mounts the volume; a FAT volume
+    // machined reads itself), loaded from the root's tree although not boot modules, with signatures
+    // enforced.
     let requests = status.modules_on_demand["requests"].as_array().cloned().unwrap_or_default();
     let loaded_on_demand = |module: &str| {
         requests.iter().any(|r| text(&r["result"]).starts_with("ok") && text(&r["result"]).contains(module))
     };
-    let module = "br_netfilter";
-    if status.modules.iter().any(|m| m == module) {
-        problems.push(format!("{module} is a boot module, so loading it proves nothing about on-demand loading"));
-    } else if !loaded_on_demand(module) {
-        problems.push(format!("{module} was not loaded on demand: {}", status.modules_on_demand));
+    let iso_volume = matches!(evidence.delivery, ConfigDelivery::Volume { format: VolumeFormat::Iso9660, .. });
+    for module in ["br_netfilter"].into_iter().chain(iso_volume.then_some("isofs")) {
+        if status.modules.iter().any(|m| m == module) {
+            problems.push(format!("{module} is a boot module, so loading it proves nothing about on-demand loading"));
+        } else if !loaded_on_demand(module) {
+            problems.push(format!("{module} was not loaded on demand: {}", status.modules_on_demand));
+        }
     }
     if text(&status.modules_on_demand["sig_enforce"]) != "Y" {
         problems.push(format!("module signatures are not enforced: {}", status.modules_on_demand));
@@ -801,6 +812,7 @@ fn status_problems(status: &Status, manifest: &Manifest, board: &Board, problems
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::boot::roles::Scenario;
 
     const MARKER: &str = "NODEIMG-MARKER-00112233445566778899aabbccddeeff";
 
@@ -866,8 +878,8 @@ mod tests {
         status
     }
 
-    fn worker() -> Expectation {
-        crate::boot::roles::scenarios().remove(0).expect
+    fn worker() -> Scenario {
+        crate::boot::roles::scenarios().remove(0)
     }
 
     fn lan_log() -> LanLog {
@@ -913,7 +925,7 @@ mod tests {
         scratch: ScratchReport,
         api: &Result<Status, String>,
         lan: &LanLog,
-        expect: &Expectation,
+        scenario: &Scenario,
         shutdown: ShutdownRequest,
     ) -> Result<Proven> {
         let evidence = Evidence {
@@ -925,7 +937,8 @@ mod tests {
             ram: None,
             api,
             lan,
-            expect,
+            expect: &scenario.expect,
+            delivery: &scenario.delivery,
             role: "worker",
             shutdown,
             secure_boot: false,
@@ -949,7 +962,7 @@ mod tests {
     fn under_secure_boot_firmware_the_node_must_be_locked_down() {
         let scratch = ScratchReport::new(MARKER, &findings(5000, None, None));
         let agent = agent(false);
-        let (lan, expect) = (lan_log(), worker());
+        let (lan, worker) = (lan_log(), worker());
         let judge_sb = |status: &Status, log: &str| {
             let api = Ok(status.clone());
             let evidence = Evidence {
@@ -961,7 +974,8 @@ mod tests {
                 ram: None,
                 api: &api,
                 lan: &lan,
-                expect: &expect,
+                expect: &worker.expect,
+                delivery: &worker.delivery,
                 role: "worker",
                 shutdown: ShutdownRequest::PowerButton,
                 secure_boot: true,
@@ -1063,10 +1077,10 @@ mod tests {
     #[test]
     fn every_way_a_node_can_miss_its_role_is_reported() {
         let clean = || ScratchReport::new(MARKER, &findings(5000, None, None));
-        let fails = |status: &Status, api: &Result<Status, String>, lan: &LanLog, expect: &Expectation| {
+        let fails = |status: &Status, api: &Result<Status, String>, lan: &LanLog, scenario: &Scenario| {
             format!(
                 "{:#}",
-                node_verdict(status, LOG, agent(false), clean(), api, lan, expect, ShutdownRequest::PowerButton)
+                node_verdict(status, LOG, agent(false), clean(), api, lan, scenario, ShutdownRequest::PowerButton)
                     .unwrap_err()
             )
         };
@@ -1116,13 +1130,30 @@ mod tests {
         assert!(err.contains("API did not answer through the forward: connection refused"), "{err}");
 
         // An invalid config must be reported against its field and give no role.
-        let invalid = crate::boot::roles::scenarios().remove(2).expect;
+        let invalid = crate::boot::roles::scenarios().remove(2);
         let mut reported = status();
         reported.config = serde_json::json!({"source": "smbios:oem-string", "valid": false,
             "error": {"field": "machine.type", "why": "wrong"}});
         let err = fails(&reported, &Ok(reported.clone()), &lan_log(), &invalid);
         assert!(err.contains("not reported against Some(\"machine.network.interfaces[0].addresses[0]\")"), "{err}");
         assert!(err.contains("counts as applied"), "{err}");
+
+        // The control-plane node's volume is ISO-9660: a FAT one, or isofs not loaded on demand, fails.
+        let control_plane = crate::boot::roles::scenarios().remove(1);
+        let mut as_fat = status();
+        as_fat.config["source"] = "cidata:/dev/vdc (vfat)".into();
+        let err = fails(&as_fat, &Ok(as_fat.clone()), &lan_log(), &control_plane);
+        assert!(err.contains("expected a iso9660 volume"), "{err}");
+        assert!(err.contains("isofs was not loaded on demand"), "{err}");
+        let mut as_iso = as_fat;
+        as_iso.config["source"] = "cidata:/dev/vdc (iso9660)".into();
+        as_iso.modules_on_demand["requests"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"request": "fs-iso9660", "result": "ok isofs"}));
+        let err = fails(&as_iso, &Ok(as_iso.clone()), &lan_log(), &control_plane);
+        assert!(!err.contains("expected a iso9660") && !err.contains("isofs was not"), "{err}");
+        assert!(err.contains("is not a valid controlplane"), "{err}");
     }
 
     /// A service may wait only for facts the node reports unreached; each check is shown to fire.
@@ -1201,6 +1232,7 @@ mod tests {
         };
         let mut held = status();
         held.ram_marker = serde_json::json!({"state": "held", "holder_pid": 300, "shred": true});
+        let worker = worker();
         let judge_ram = |status: &Status, log: &str, ram: Option<&RamReport>| {
             let scratch = ScratchReport::new(MARKER, &findings(5000, None, None));
             let evidence = Evidence {
@@ -1212,7 +1244,8 @@ mod tests {
                 ram,
                 api: &Ok(status.clone()),
                 lan: &lan_log(),
-                expect: &worker(),
+                expect: &worker.expect,
+                delivery: &worker.delivery,
                 role: "worker",
                 shutdown: ShutdownRequest::PowerButton,
                 secure_boot: false,

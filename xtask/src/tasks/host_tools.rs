@@ -2,7 +2,7 @@
 //! what is installed. Each stage lists the tools it runs; this gathers them.
 
 use super::Global;
-use crate::boot::qemu;
+use crate::boot;
 use crate::image::build;
 use crate::sign::secure_boot;
 use crate::spec::{load_boards, Arch};
@@ -44,7 +44,7 @@ pub fn run(global: &Global, args: &HostToolsArgs) -> Result<()> {
         reqs.extend(build::requirements(arch));
         for board in boards.iter().filter(|b| b.arch() == arch) {
             reqs.extend(build::secure_boot_requirements(board));
-            reqs.extend(qemu::requirements(board));
+            reqs.extend(boot::requirements(board, false));
         }
     }
     reqs.extend(secure_boot::requirements());
