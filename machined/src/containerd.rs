@@ -9,8 +9,10 @@ use crate::sys;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -84,6 +86,29 @@ pub fn prepare() -> Fallible<(ServiceSpec, ConfigGate)> {
 /// How long the FIFO's end is held for a containerd that has not read it yet.
 const GATE_LIMIT: Duration = Duration::from_secs(60);
 
+/// When containerd read its configuration through the FIFO (the kernel's clock in ms, 0: it did
+/// not), as the gate's watcher saw it, to 5 ms.
+static FIFO_READ_MS: AtomicU64 = AtomicU64::new(0);
+
+/// When containerd read its configuration (the kernel's clock, ms): just after the gate opened if it
+/// was already waiting at the FIFO, later if its own start-up (the Go runtime and its package
+/// initialisers) was still running; then it read the regular file, and the file's access time tells
+/// when (/run is a tmpfs with relatime: the first read after the write sets it). The milestone says
+/// which of the two held containerd back.
+pub fn config_read_ms() -> Option<u64> {
+    if let Some(ms) = Some(FIFO_READ_MS.load(Ordering::Relaxed)).filter(|&ms| ms > 0) {
+        return Some(ms);
+    }
+    let meta = fs::metadata(CONFIG).ok()?;
+    let at_ms = |secs: i64, nanos: i64| secs * 1000 + nanos / 1_000_000;
+    let (read, written) = (at_ms(meta.atime(), meta.atime_nsec()), at_ms(meta.mtime(), meta.mtime_nsec()));
+    if read <= written {
+        return None;
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as i64;
+    u64::try_from(sys::boot_ms() as i64 - (now - read)).ok()
+}
+
 impl ConfigGate {
     fn create(path: &str) -> Fallible<ConfigGate> {
         let _ = fs::remove_file(path);
@@ -114,6 +139,9 @@ impl ConfigGate {
             let start = Instant::now();
             while unread_bytes(&fifo) > 0 && start.elapsed() < GATE_LIMIT {
                 std::thread::sleep(Duration::from_millis(5));
+            }
+            if unread_bytes(&fifo) == 0 {
+                FIFO_READ_MS.store(sys::boot_ms(), Ordering::Relaxed);
             }
         });
         Ok(watcher.ok())
