@@ -1,6 +1,7 @@
-//! `cargo xtask release` end to end against a real Garage node on loopback: both arches built,
-//! boot-tested, signed, verified and uploaded; awscli downloads them and `verify` accepts the
-//! download, and `verify s3://…` the release where it lies. And a release whose boot test fails
+//! `cargo xtask release` end to end against a real Garage node on loopback: both arches built with a
+//! Secure Boot key set, boot-tested (also under Secure Boot firmware), signed, verified and uploaded;
+//! awscli downloads them, sbverify accepts each downloaded UKI against the set's db certificate and
+//! `verify` the download, and `verify s3://…` the release where it lies. And a release whose boot test fails
 //! uploads nothing.
 
 mod common;
@@ -24,15 +25,20 @@ fn release(garage: &Garage, out: &Path, public: &Path, secret: &Path) -> assert_
 }
 
 #[test]
-fn release_publishes_both_arches_that_awscli_downloads_and_verify_accepts() {
+fn release_publishes_both_arches_signed_for_secure_boot_that_awscli_downloads_and_verify_accepts() {
     host_tools();
     let _heavy = heavy();
     let garage = Garage::start();
     let tmp = tempfile::tempdir().unwrap();
     let (public, secret) = keygen(&tmp.path().join("keys"));
+    let secure_boot = secure_boot_keys(&tmp.path().join("secure-boot"));
     let out = tmp.path().join("out");
-    let released = run(&mut release(&garage, &out, &public, &secret));
+    let released = run(release(&garage, &out, &public, &secret).arg("--secure-boot-keys").arg(&secure_boot));
     assert!(released.success, "release failed:\n{}", released.stderr);
+    for board in ["qemu-amd64", "qemu-arm64"] {
+        let booted = format!("boot-testing {board} under Secure Boot");
+        assert!(released.stderr.contains(&booted), "{booted:?} missing:\n{}", released.stderr);
+    }
     assert!(!released.stderr.contains(&garage.secret) && !released.stdout.contains(&garage.secret));
     let summary: serde_json::Value = serde_json::from_str(&released.stdout).unwrap();
     let version = summary["version"].as_str().unwrap().to_string();
@@ -59,6 +65,11 @@ fn release_publishes_both_arches_that_awscli_downloads_and_verify_accepts() {
         let manifest: serde_json::Value =
             serde_json::from_slice(&std::fs::read(download.join("manifest.json")).unwrap()).unwrap();
         assert_eq!(manifest["arch"], arch);
+        let efi = download.join(format!("node-{arch}.efi"));
+        let (signed, sbverify_said) = sbverify(&efi, &secure_boot.join("db.crt"));
+        assert!(signed, "the released UKI does not verify against the key set's db certificate:\n{sbverify_said}");
+        let vars = manifest["secure_boot"]["vars"].as_str().unwrap_or_else(|| panic!("{manifest}"));
+        assert!(download.join(vars).is_file(), "{vars} was not released");
         for artifact in manifest["artifacts"].as_array().unwrap() {
             let name = artifact["file"].as_str().unwrap();
             assert!(local.stderr.contains(&format!("ok  {name}")), "{name} not verified:\n{}", local.stderr);
