@@ -153,14 +153,15 @@ fn boot(init_start: u64, sigmask: &sys::sigset_t) -> Fallible<Option<(Node, bool
     // beside the boot at SCHED_IDLE: it gets only CPU time nothing else wants, so it no longer holds
     // up the scratch disk (1.1-1.5 s under TCG) and does not slow containerd's start either. The
     // status waits for it.
+    let layer_paths = root.layer_paths();
     let contents_scan = std::thread::Builder::new()
         .name("contents-scan".into())
-        .spawn(|| {
+        .spawn(move || {
             let param = libc::sched_param { sched_priority: 0 };
             // SAFETY: pid 0 is this thread; param is a valid sched_param. Best effort: on failure
             // the walk runs at normal priority.
             unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
-            contents::scan("/")
+            contents::scan(&layer_paths, "/")
         })
         .ctx(|| "start the contents scan".into())?;
 

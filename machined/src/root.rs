@@ -23,6 +23,20 @@ const LAYERS: &str = "/layers";
 pub struct Root {
     pub loop_device: String,
     pub extensions: Vec<Extension>,
+    /// Each layer's root directory, the root image's first, held open so that the contents scan
+    /// can walk the layers (through /proc/self/fd) once they are out of sight. Empty without
+    /// extensions: the root image is the root itself.
+    pub layers: Vec<File>,
+}
+
+impl Root {
+    /// Where the contents scan finds the layers from the switched root.
+    pub fn layer_paths(&self) -> Vec<String> {
+        match self.layers.is_empty() {
+            true => vec!["/".to_string()],
+            false => self.layers.iter().map(|f| format!("/proc/self/fd/{}", f.as_raw_fd())).collect(),
+        }
+    }
 }
 
 pub struct Extension {
@@ -41,6 +55,7 @@ pub fn assemble() -> Fallible<Root> {
     fs::create_dir_all(NEW_ROOT).ctx(|| format!("create {NEW_ROOT}"))?;
     let loop_device = attach_loop(ROOT_IMAGE)?;
     let mut extensions = Vec::new();
+    let mut layer_dirs = Vec::new();
     if layers.is_empty() {
         mount_squashfs(&loop_device, ROOT_IMAGE, NEW_ROOT)?;
     } else {
@@ -58,6 +73,9 @@ pub fn assemble() -> Fallible<Root> {
             extensions.push(Extension { name, version });
         }
         // overlayfs lists the topmost lower first. Without an upper layer the mount is read-only.
+        for dir in &lowers {
+            layer_dirs.push(File::open(dir).ctx(|| format!("open the layer {dir}"))?);
+        }
         lowers.reverse();
         let options = format!("lowerdir={}", lowers.join(":"));
         sys::do_mount(Some("overlay"), NEW_ROOT, Some("overlay"), sys::MS_RDONLY, Some(&options))
@@ -65,7 +83,7 @@ pub fn assemble() -> Fallible<Root> {
     }
     prepare_new_root()?;
     switch_root()?;
-    Ok(Root { loop_device, extensions })
+    Ok(Root { loop_device, extensions, layers: layer_dirs })
 }
 
 fn mount_squashfs(device: &str, image: &str, target: &str) -> Fallible<()> {
