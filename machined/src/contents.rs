@@ -4,8 +4,9 @@
 //! file, and anything world-writable that is not a sticky directory. Every entry of the read-only
 //! overlay root is an entry of some layer, so walking the layers misses nothing the root shows (an
 //! entry a higher layer hides is still reported: stricter, never laxer), and each entry costs a lookup
-//! in its own layer instead of one in every layer, as a walk of the union does (under TCG the union's
-//! walk was 1.5-1.7 s of CPU, often the last thing the status waited for). The writable paths
+//! in its own layer instead of one in every layer, as a walk of the union does (under TCG, once the
+//! dentries are cached, 232 ms of CPU against the union's 575 ms; cold, 595 ms against 711 ms, where
+//! reading squashfs's metadata dominates). The writable paths
 //! mounted over the root keep their upper layers on /var, left out with it. /proc, /sys and /dev
 //! are the kernel's, not the image's, and are skipped. So is /var: machined walks while the scratch
 //! disk is being made and mounted there, so what the walk saw under /var would depend on which came
