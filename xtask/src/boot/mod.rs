@@ -237,7 +237,7 @@ fn deliver_config(dir: &Path, scenario: &Scenario) -> Result<(Option<PathBuf>, O
                 VolumeFormat::Fat => {
                     build_esp(&volume, CONFIG_VOLUME_BYTES, &files, 0, 0x0c1d_a7a0, CONFIG_VOLUME_LABEL)
                 }
-                VolumeFormat::Iso9660 => build_iso(&volume, &files, &dir.join(format!("cidata-{}", scenario.name))),
+                VolumeFormat::Iso9660 => build_iso(&volume, &files),
             }
             .with_context(|| format!("making the {} config volume", scenario.name))?;
             Ok((Some(volume), None))
@@ -253,20 +253,23 @@ fn deliver_config(dir: &Path, scenario: &Scenario) -> Result<(Option<PathBuf>, O
 }
 
 /// An ISO-9660 NoCloud seed as cloud-init's cloud-localds makes one (`-volid cidata -joliet -rock`),
-/// from `files` staged in `staging`.
-fn build_iso(volume: &Path, files: &[(&str, &[u8])], staging: &Path) -> Result<()> {
-    std::fs::create_dir_all(staging).with_context(|| format!("creating {}", staging.display()))?;
+/// from `files` staged in a directory beside `volume` that is removed however this ends.
+fn build_iso(volume: &Path, files: &[(&str, &[u8])]) -> Result<()> {
+    let parent = volume.parent().unwrap_or(Path::new("."));
+    let staging = tempfile::Builder::new()
+        .prefix("cidata-")
+        .tempdir_in(parent)
+        .with_context(|| format!("creating a staging directory in {}", parent.display()))?;
     for (name, bytes) in files {
-        let path = staging.join(name);
+        let path = staging.path().join(name);
         std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
     }
     let _ = std::fs::remove_file(volume);
     cmd(XORRISO)
         .args(["-as", "mkisofs", "-quiet", "-volid", CONFIG_VOLUME_LABEL, "-joliet", "-rock", "-output"])
         .arg(volume)
-        .arg(staging)
-        .run()?;
-    std::fs::remove_dir_all(staging).with_context(|| format!("removing {}", staging.display()))
+        .arg(staging.path())
+        .run()
 }
 
 /// A free TCP port on 127.0.0.1 for the API forward (taken and released; QEMU binds it next).
