@@ -94,8 +94,9 @@ static FIFO_READ_MS: AtomicU64 = AtomicU64::new(0);
 /// was already waiting at the FIFO, later if its own start-up (the Go runtime and its package
 /// initialisers) was still running; then it read the regular file, and the file's access time tells
 /// when (/run is a tmpfs with relatime: the first read after the write sets it). The milestone says
-/// which of the two held containerd back.
-pub fn config_read_ms() -> Option<u64> {
+/// which of the two held containerd back. `given` is when the gate opened: an access time that
+/// converts to before it, or to after now, was taken across a clock step (SNTP) and is not used.
+pub fn config_read_ms(given: u64) -> Option<u64> {
     if let Some(ms) = Some(FIFO_READ_MS.load(Ordering::Relaxed)).filter(|&ms| ms > 0) {
         return Some(ms);
     }
@@ -106,7 +107,8 @@ pub fn config_read_ms() -> Option<u64> {
         return None;
     }
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as i64;
-    u64::try_from(sys::boot_ms() as i64 - (now - read)).ok()
+    let boot_now = sys::boot_ms();
+    u64::try_from(boot_now as i64 - (now - read)).ok().filter(|&ms| ms >= given && ms <= boot_now)
 }
 
 impl ConfigGate {

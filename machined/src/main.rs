@@ -255,12 +255,9 @@ fn boot(init_start: u64, sigmask: &sys::sigset_t) -> Fallible<Option<(Node, bool
     node.shred_at_shutdown(shred, shred_pause.clone().unwrap_or(None));
     node.watch_network(network, Duration::from_secs(network_wait), loaded.config().is_some());
     let ready = node.wait_until_ready(&mut milestones);
-    // From the file's access time, it can be off after the clock was stepped (SNTP): then it is left out.
     let given = milestones.iter().find(|(m, _)| *m == "containerd_config_given").map(|(_, ms)| *ms);
-    if let (Some(read), Some(given)) = (containerd::config_read_ms(), given) {
-        if read >= given && read <= sys::boot_ms() {
-            milestones.push(("containerd_config_read", read));
-        }
+    if let Some(read) = given.and_then(containerd::config_read_ms) {
+        milestones.push(("containerd_config_read", read));
     }
     let contents = contents_scan.join().map_err(|_| "the contents scan panicked".to_string())?;
     milestones.push(("shells_checked", sys::boot_ms()));
